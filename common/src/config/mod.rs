@@ -1,0 +1,493 @@
+//! The one configuration file both processes read.
+//!
+//! Loading goes in three steps, all before any connection is made:
+//! 1. [`load`] parses the YAML and substitutes `${ENV_VAR}` references in string values;
+//! 2. serde builds the typed [`Config`] (unknown keys are errors, every field has a path);
+//! 3. [`Config::validate`] checks what types cannot (ranges, names, references between
+//!    sections) and reports every problem at once, each with its field path and the fix.
+//!
+//! Every field is documented for users in `docs/configuration.md`; keep the two in step.
+
+mod args;
+mod duration;
+mod env;
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use args::{GlobalArgs, Process};
+pub use duration::HumanDuration;
+pub use load::{ConfigError, Problem, load, load_str};
+pub use secret::{Secret, redact_url};
+
+/// Default replication slot and publication name.
+pub const DEFAULT_SLOT: &str = "sluice";
+pub const DEFAULT_PUBLICATION: &str = "sluice";
+pub const DEFAULT_TOPIC_PREFIX: &str = "sluice";
+pub const DEFAULT_PARTITIONS: i32 = 6;
+pub const DEFAULT_STATUS_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
+pub const DEFAULT_HEARTBEAT_INTERVAL: HumanDuration = HumanDuration::from_secs(30);
+pub const DEFAULT_MAX_IN_FLIGHT_MESSAGES: usize = 20_000;
+pub const DEFAULT_BACKFILL_CHUNK_SIZE: u32 = 2_000;
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Elasticsearch refuses bulk requests far above this; 10,000 documents is the cap we allow.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 5 * 1024 * 1024;
+pub const DEFAULT_LINGER: HumanDuration = HumanDuration::from_millis(100);
+pub const DEFAULT_MAX_IN_FLIGHT_REQUESTS: usize = 4;
+pub const DEFAULT_REQUEST_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
+pub const DEFAULT_RETRY_INITIAL_BACKOFF: HumanDuration = HumanDuration::from_millis(200);
+pub const DEFAULT_RETRY_MAX_BACKOFF: HumanDuration = HumanDuration::from_secs(30);
+pub const DEFAULT_TRANSFORM_TIMEOUT: HumanDuration = HumanDuration::from_millis(100);
+pub const DEFAULT_UNREADY_AFTER: HumanDuration = HumanDuration::from_secs(300);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The source database.
+    pub postgres: PostgresConfig,
+    /// The Kafka cluster between producer and consumers.
+    pub kafka: KafkaConfig,
+    /// The tables to capture.
+    pub tables: Vec<TableConfig>,
+    /// Where the consumer writes documents.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// Producer tuning.
+    #[serde(default)]
+    pub producer: ProducerConfig,
+    /// Logs, metrics and health endpoints.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database?sslmode=…`; may hold a password, so secret.
+    pub url: Secret,
+    /// Replication slot name (lowercase letters, digits, underscores; at most 63).
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication name.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// CA certificate (PEM) to verify the server with `sslmode=verify-ca|verify-full`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topics are `{topic_prefix}.{schema}.{table}`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Partitions of the topics the producer creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of created topics; the broker's default when unset.
+    #[serde(default)]
+    pub replication_factor: Option<i16>,
+    /// `compact` (default: a replay yields the latest state of every row) or `delete`.
+    #[serde(default)]
+    pub cleanup_policy: CleanupPolicy,
+    /// With `cleanup_policy: delete`, how long messages are kept.
+    #[serde(default)]
+    pub retention: Option<HumanDuration>,
+    /// Producer compression codec.
+    #[serde(default)]
+    pub compression: Compression,
+    /// TLS and SASL.
+    #[serde(default)]
+    pub security: KafkaSecurity,
+    /// Extra librdkafka properties for every client, for what this file does not model.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanupPolicy {
+    #[default]
+    Compact,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub protocol: KafkaProtocol,
+    /// SASL credentials, required by the `sasl_*` protocols.
+    #[serde(default)]
+    pub sasl: Option<KafkaSasl>,
+    /// CA certificate (PEM) for TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    /// `plain`, `scram-sha-256` or `scram-sha-512`.
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "plain")]
+    Plain,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`, as stored in the catalog (case-sensitive, unquoted).
+    pub name: String,
+    /// Read every existing row once (as READ events) when the table is first captured.
+    #[serde(default)]
+    pub backfill: bool,
+    /// Key columns for a table without a primary key (needs `REPLICA IDENTITY FULL`).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+}
+
+impl TableConfig {
+    /// `(schema, table)`; only meaningful after validation.
+    pub fn schema_and_table(&self) -> (&str, &str) {
+        self.name
+            .split_once('.')
+            .unwrap_or(("", self.name.as_str()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// How often the confirmed LSN is reported to Postgres.
+    #[serde(default = "default_status_interval")]
+    pub status_interval: HumanDuration,
+    /// How often an idle database gets a heartbeat message so the slot keeps advancing.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval: HumanDuration,
+    /// Messages sent to Kafka but not acknowledged yet; reading the WAL pauses at this many.
+    #[serde(default = "default_max_in_flight_messages")]
+    pub max_in_flight_messages: usize,
+    /// Rows per backfill chunk.
+    #[serde(default = "default_backfill_chunk_size")]
+    pub backfill_chunk_size: u32,
+    /// Upper bound on backfilled rows per second, all tables together; unlimited when unset.
+    #[serde(default)]
+    pub backfill_max_rows_per_second: Option<u32>,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            status_interval: DEFAULT_STATUS_INTERVAL,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
+            backfill_chunk_size: DEFAULT_BACKFILL_CHUNK_SIZE,
+            backfill_max_rows_per_second: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Insert,
+    Update,
+    Delete,
+    Read,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique name; also the consumer group id and the prefix of the dead-letter topic.
+    pub name: String,
+    /// The table (`schema.table`, declared under `tables`) whose topic this sink reads.
+    pub table: String,
+    /// Which changes to write; all four by default.
+    #[serde(default = "default_actions")]
+    pub actions: Vec<Action>,
+    /// A VRL boolean expression; events for which it is false are skipped.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// A VRL program returning the document; the record as is when unset.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// Longest a filter or transform may run for one event.
+    #[serde(default = "default_transform_timeout")]
+    pub transform_timeout: HumanDuration,
+    /// Columns that make the document `_id` (default: the primary key).
+    #[serde(default)]
+    pub id_columns: Option<Vec<String>>,
+    /// Do not delete documents when the table is truncated.
+    #[serde(default)]
+    pub ignore_truncate: bool,
+    /// Dead-letter topic; `{name}.dlq` when unset.
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
+    /// `/readyz` fails when no bulk succeeded for this long while there is lag.
+    #[serde(default = "default_unready_after")]
+    pub unready_after: HumanDuration,
+    /// The Elasticsearch or OpenSearch cluster.
+    pub elasticsearch: ElasticsearchConfig,
+}
+
+impl SinkConfig {
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.name))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchConfig {
+    /// `http(s)://host:port`.
+    pub endpoint: String,
+    /// Index or alias; may be a template such as `orders-{{ record.tenant_id }}`.
+    pub index: String,
+    /// How to authenticate.
+    #[serde(default)]
+    pub auth: Auth,
+    /// CA certificate (PEM) to verify the cluster's TLS certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Documents per bulk request (1 to 10,000).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Bytes per bulk request (before compression).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How long a partial batch waits for more documents.
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    /// Bulk requests in flight at once.
+    #[serde(default = "default_max_in_flight_requests")]
+    pub max_in_flight_requests: usize,
+    /// Timeout of one request.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Gzip request bodies.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// Retry backoff for 429, 5xx and timeouts: starts here, doubles, with jitter.
+    #[serde(default = "default_retry_initial_backoff")]
+    pub retry_initial_backoff: HumanDuration,
+    /// ...and never waits longer than this between attempts.
+    #[serde(default = "default_retry_max_backoff")]
+    pub retry_max_backoff: HumanDuration,
+    /// Index settings used when the sink creates the index: inline JSON/YAML or `{ file: path }`.
+    #[serde(default)]
+    pub settings: Option<JsonSource>,
+    /// Index mappings used when the sink creates the index: inline JSON/YAML or `{ file: path }`.
+    #[serde(default)]
+    pub mappings: Option<JsonSource>,
+}
+
+/// A JSON document given inline or read from a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum JsonSource {
+    File {
+        /// Path of a JSON file.
+        file: PathBuf,
+    },
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Authentication against Elasticsearch or OpenSearch.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    /// The `encoded` value of an Elasticsearch API key (base64 of `id:api_key`).
+    ApiKey {
+        value: Secret,
+    },
+    Bearer {
+        token: Secret,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `human` (default) or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A `tracing` filter: `info`, `sluice_producer=debug,info`, …
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Address of the producer's `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_producer_listen")]
+    pub producer_listen: SocketAddr,
+    /// Address of the consumer's `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_consumer_listen")]
+    pub consumer_listen: SocketAddr,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::default(),
+            log_level: default_log_level(),
+            producer_listen: default_producer_listen(),
+            consumer_listen: default_consumer_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "unknown log format `{other}`: use `human` or `json`"
+            )),
+        }
+    }
+}
+
+impl Config {
+    pub fn table(&self, name: &str) -> Option<&TableConfig> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    pub fn sink(&self, name: &str) -> Option<&SinkConfig> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// The Kafka topic of a `schema.table`.
+    pub fn topic_for(&self, table: &str) -> String {
+        format!("{}.{}", self.kafka.topic_prefix, table)
+    }
+}
+
+fn default_slot() -> String {
+    DEFAULT_SLOT.to_owned()
+}
+fn default_publication() -> String {
+    DEFAULT_PUBLICATION.to_owned()
+}
+fn default_topic_prefix() -> String {
+    DEFAULT_TOPIC_PREFIX.to_owned()
+}
+fn default_partitions() -> i32 {
+    DEFAULT_PARTITIONS
+}
+fn default_status_interval() -> HumanDuration {
+    DEFAULT_STATUS_INTERVAL
+}
+fn default_heartbeat_interval() -> HumanDuration {
+    DEFAULT_HEARTBEAT_INTERVAL
+}
+fn default_max_in_flight_messages() -> usize {
+    DEFAULT_MAX_IN_FLIGHT_MESSAGES
+}
+fn default_backfill_chunk_size() -> u32 {
+    DEFAULT_BACKFILL_CHUNK_SIZE
+}
+fn default_actions() -> Vec<Action> {
+    vec![Action::Insert, Action::Update, Action::Delete, Action::Read]
+}
+fn default_transform_timeout() -> HumanDuration {
+    DEFAULT_TRANSFORM_TIMEOUT
+}
+fn default_unready_after() -> HumanDuration {
+    DEFAULT_UNREADY_AFTER
+}
+fn default_batch_size() -> usize {
+    DEFAULT_BATCH_SIZE
+}
+fn default_batch_max_bytes() -> usize {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_linger() -> HumanDuration {
+    DEFAULT_LINGER
+}
+fn default_max_in_flight_requests() -> usize {
+    DEFAULT_MAX_IN_FLIGHT_REQUESTS
+}
+fn default_request_timeout() -> HumanDuration {
+    DEFAULT_REQUEST_TIMEOUT
+}
+fn default_retry_initial_backoff() -> HumanDuration {
+    DEFAULT_RETRY_INITIAL_BACKOFF
+}
+fn default_retry_max_backoff() -> HumanDuration {
+    DEFAULT_RETRY_MAX_BACKOFF
+}
+fn default_true() -> bool {
+    true
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_producer_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9600))
+}
+fn default_consumer_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9601))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! Logs, metrics and the health server: one HTTP listener per process serving Prometheus
+//! `/metrics`, `/healthz` (the process is alive) and `/readyz` (it is doing its job).
+
+pub mod names;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::LogFormat;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log filter `{filter}`: {message}")]
+    Filter { filter: String, message: String },
+    #[error(
+        "cannot listen on {addr} for metrics and health checks: {source}; choose another address with --listen (or SLUICE_LISTEN)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+/// Sets up `tracing` to write to stderr, as human-readable or JSON lines. Calling it again is a
+/// no-op (tests run several pipelines in one process).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    let env_filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter {
+            filter: filter.to_owned(),
+            message: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            names::describe();
+            Ok(handle)
+        })
+        .clone()
+        .map_err(TelemetryError::Metrics)
+}
+
+/// Readiness as seen by `/readyz`: ready, or not ready with the reason.
+#[derive(Debug, Clone)]
+pub struct Health {
+    unready: Arc<Mutex<Option<String>>>,
+}
+
+impl Health {
+    /// Starts not ready ("starting").
+    pub fn new() -> Self {
+        Self {
+            unready: Arc::new(Mutex::new(Some("starting".to_owned()))),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        if let Ok(mut state) = self.unready.lock() {
+            *state = None;
+        }
+    }
+
+    pub fn set_unready(&self, reason: impl Into<String>) {
+        if let Ok(mut state) = self.unready.lock() {
+            *state = Some(reason.into());
+        }
+    }
+
+    /// `None` when ready, else why not.
+    pub fn unready_reason(&self) -> Option<String> {
+        self.unready
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| Some("poisoned".to_owned()))
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: PrometheusHandle,
+    health: Health,
+}
+
+/// Binds `addr` and serves the endpoints until `shutdown` is cancelled. Returns the bound address
+/// (useful with port 0) once the listener is up.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, TelemetryError> {
+    let metrics = metrics_handle()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(ServerState { metrics, health });
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "health server stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(bound)
+}
+
+async fn render_metrics(State(state): State<ServerState>) -> String {
+    state.metrics.render()
+}
+
+async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
+    match state.health.unready_reason() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let health = Health::new();
+        let shutdown = CancellationToken::new();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let client = reqwest::Client::new();
+        let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
+
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        let unready = get("/readyz").await.unwrap();
+        assert_eq!(unready.status(), 503);
+        assert_eq!(unready.text().await.unwrap(), "not ready: starting\n");
+        health.set_ready();
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+        metrics::counter!("sluice_test_total").increment(3);
+        let body = get("/metrics").await.unwrap().text().await.unwrap();
+        assert!(body.contains("sluice_test_total 3"), "{body}");
+
+        shutdown.cancel();
+    }
+}
