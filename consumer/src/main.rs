@@ -1,0 +1,90 @@
+//! `sluice-consumer`: parses the command line, loads the config, sets up telemetry and calls the
+//! library. Exit codes: 0 success, 1 failure while running, 2 configuration error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice_common::config::{GlobalArgs, Process};
+use sluice_common::{EXIT_CONFIG, EXIT_FAILURE, shutdown, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-consumer",
+    version,
+    about = "Kafka to Elasticsearch and OpenSearch"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume and index until SIGINT/SIGTERM.
+    Run {
+        /// Run only this sink (default: every sink in the config).
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Check Kafka, each cluster, its auth and index, and compile filters and transforms.
+    Check,
+    /// Show per-partition lag and outcome counts.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.global.load(Process::Consumer) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sluice-consumer: {error}");
+            return exit(EXIT_CONFIG);
+        }
+    };
+    if let Command::Run { sink: Some(name) } = &cli.command
+        && config.sink(name).is_none()
+    {
+        let known: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        eprintln!(
+            "sluice-consumer: --sink {name}: no such sink in the config (known: {})",
+            known.join(", ")
+        );
+        return exit(EXIT_CONFIG);
+    }
+    if let Err(error) =
+        telemetry::init_logging(config.telemetry.log_format, &config.telemetry.log_level)
+    {
+        eprintln!("sluice-consumer: {error}");
+        return exit(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice-consumer: cannot start the async runtime: {error}");
+            return exit(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run { sink } => {
+                sluice_consumer::run(config, sink, shutdown::on_signals()).await
+            }
+            Command::Check => sluice_consumer::check(config).await,
+            Command::Status => sluice_consumer::status(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "sluice-consumer failed");
+            eprintln!("sluice-consumer: {error}");
+            exit(EXIT_FAILURE)
+        }
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
