@@ -41,6 +41,7 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryErro
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(true);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -105,10 +106,15 @@ impl Default for Health {
     }
 }
 
+/// Renders the process's own status document for `GET /status` (what the `status` commands
+/// show about a running process).
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone)]
 struct ServerState {
     metrics: PrometheusHandle,
     health: Health,
+    status: Option<StatusFn>,
 }
 
 /// Binds `addr` and serves the endpoints until `shutdown` is cancelled. Returns the bound address
@@ -116,6 +122,7 @@ struct ServerState {
 pub async fn serve(
     addr: SocketAddr,
     health: Health,
+    status: Option<StatusFn>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, TelemetryError> {
     let metrics = metrics_handle()?;
@@ -129,7 +136,12 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(ServerState { metrics, health });
+        .route("/status", get(status_document))
+        .with_state(ServerState {
+            metrics,
+            health,
+            status,
+        });
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -144,6 +156,18 @@ pub async fn serve(
 
 async fn render_metrics(State(state): State<ServerState>) -> String {
     state.metrics.render()
+}
+
+async fn status_document(
+    State(state): State<ServerState>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    match &state.status {
+        Some(render) => (StatusCode::OK, axum::Json(render())),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "no status here"})),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
@@ -167,6 +191,7 @@ mod tests {
         let addr = serve(
             "127.0.0.1:0".parse().unwrap(),
             health.clone(),
+            Some(Arc::new(|| serde_json::json!({"up": true}))),
             shutdown.clone(),
         )
         .await
@@ -184,6 +209,9 @@ mod tests {
         metrics::counter!("sluice_test_total").increment(3);
         let body = get("/metrics").await.unwrap().text().await.unwrap();
         assert!(body.contains("sluice_test_total 3"), "{body}");
+
+        let status: serde_json::Value = get("/status").await.unwrap().json().await.unwrap();
+        assert_eq!(status, serde_json::json!({"up": true}));
 
         shutdown.cancel();
     }

@@ -1,46 +1,195 @@
 //! sluice-producer: Postgres logical replication and backfills → protobuf ChangeEvents on Kafka.
 //!
 //! The binary is a thin wrapper; everything runs through [`run`], [`check`], [`status`] and
-//! [`backfill`], which tests call with their own shutdown token.
+//! [`backfill`], which tests call with their own shutdown token. [`run`] only wires the stages
+//! together: [`replication`] (transport) → [`pgoutput`] (decode) → [`encode`] (ChangeEvent) →
+//! [`publish`] (Kafka) → [`checkpoint`] (confirm LSN).
 
+pub mod catalog;
+pub mod checkpoint;
+mod commands;
+pub mod encode;
 mod error;
+pub mod pgoutput;
+pub mod publish;
+pub mod replication;
+pub mod setup;
+pub mod stats;
+pub mod stream;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+pub use commands::{backfill, check, status};
 pub use error::Error;
 use sluice_common::config::Config;
 use sluice_common::shutdown::CancellationToken;
+use sluice_common::telemetry::{self, Health};
 
-/// Streams changes until `shutdown` is cancelled.
-// Async because the real implementation talks to servers; see the roadmap in docs/.
-#[allow(clippy::unused_async)]
+use crate::catalog::PgTarget;
+use crate::checkpoint::Checkpoint;
+use crate::publish::Publisher;
+use crate::replication::{PgWireSource, StreamSettings, WalSource};
+use crate::stats::Stats;
+use crate::stream::{MESSAGE_PREFIX, StreamState};
+
+/// How long a graceful shutdown waits for Kafka to acknowledge what was sent.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
+
+/// Streams changes until `shutdown` is cancelled. Transient failures (Postgres or Kafka away, the
+/// slot held by another producer) are retried with backoff; the rest are returned.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    let _ = (config, shutdown);
-    Err(Error::Unsupported("run"))
+    let config = Arc::new(config);
+    let target = PgTarget::from_config(&config.postgres)?;
+    let health = Health::new();
+    let stats = Arc::new(Stats::default());
+    let status = {
+        let stats = stats.clone();
+        Arc::new(move || stats.to_json()) as telemetry::StatusFn
+    };
+    telemetry::serve(
+        config.telemetry.producer_listen,
+        health.clone(),
+        Some(status),
+        shutdown.child_token(),
+    )
+    .await
+    .map_err(|e| Error::Setup(e.to_string()))?;
+
+    let checkpoint = Arc::new(Checkpoint::new(0));
+    let publisher = Arc::new(Publisher::new(&config, checkpoint.clone())?);
+    let mut state = StreamState::new(
+        config.clone(),
+        target.database.as_str().into(),
+        publisher,
+        checkpoint.clone(),
+        stats,
+    );
+    let heartbeat = tokio::spawn(heartbeat(
+        target.clone(),
+        config.producer.heartbeat_interval.get(),
+        shutdown.clone(),
+    ));
+
+    let mut backoff = new_backoff();
+    let result = loop {
+        let error = match session(&target, &mut state, &health, &shutdown).await {
+            Ok(Session::Stopped) => break Ok(()),
+            Ok(Session::Interrupted(error)) => {
+                // It had been streaming: start the backoff over.
+                backoff = new_backoff();
+                error
+            }
+            Err(error) => error,
+        };
+        if !error.is_transient() {
+            break Err(error);
+        }
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        checkpoint.abandon_open_transactions();
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        if error.to_string().contains("slot_busy") {
+            health.set_unready("the slot is held by another producer");
+            tracing::info!(slot = %config.postgres.slot, retry_in = ?delay, "slot is held by another producer: waiting to take over");
+        } else {
+            health.set_unready(error.to_string());
+            tracing::warn!(%error, retry_in = ?delay, "cannot stream: retrying from the confirmed LSN");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break Ok(()),
+        }
+    };
+    heartbeat.abort();
+    result
 }
 
-/// Checks the database and Kafka, printing each problem with its fix.
-// Async because the real implementation talks to servers; see the roadmap in docs/.
-#[allow(clippy::unused_async)]
-pub async fn check(config: Config) -> Result<(), Error> {
-    let _ = config;
-    Err(Error::Unsupported("check"))
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
-/// Prints slot lag, confirmed LSN and per-table progress.
-// Async because the real implementation talks to servers; see the roadmap in docs/.
-#[allow(clippy::unused_async)]
-pub async fn status(config: Config) -> Result<(), Error> {
-    let _ = config;
-    Err(Error::Unsupported("status"))
+enum Session {
+    /// Shutdown was requested and everything acknowledged was confirmed.
+    Stopped,
+    /// The stream broke after it had started.
+    Interrupted(Error),
 }
 
-/// Asks the running producer to backfill `table`, optionally only rows matching `condition`.
-// Async because the real implementation talks to servers; see the roadmap in docs/.
-#[allow(clippy::unused_async)]
-pub async fn backfill(
-    config: Config,
-    table: String,
-    condition: Option<String>,
-) -> Result<(), Error> {
-    let _ = (config, table, condition);
-    Err(Error::Unsupported("backfill"))
+/// One replication connection, from setup to its end.
+async fn session(
+    target: &PgTarget,
+    state: &mut StreamState,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Session, Error> {
+    let config = state.config.clone();
+    let sql = target.connect().await?;
+    let (tables, confirmed) = setup::prepare(&sql, &config).await?;
+    state.tables = tables;
+    state.partitions = publish::ensure_topics(&config).await?;
+    let settings = StreamSettings {
+        slot: config.postgres.slot.clone(),
+        publication: config.postgres.publication.clone(),
+        start_lsn: confirmed.max(state.checkpoint.confirmable()),
+        status_interval: config.producer.status_interval.get(),
+    };
+    let mut source = PgWireSource::start(target, &settings).await?;
+    tracing::info!(slot = %settings.slot, from = %stats::format_lsn(settings.start_lsn), "streaming changes");
+    health.set_ready();
+
+    let result = state.run(&mut source, &sql, shutdown).await;
+    let outcome = match result {
+        Ok(()) => {
+            // Graceful stop: wait for Kafka, then confirm everything it acknowledged.
+            if let Err(error) = state.publisher.flush(SHUTDOWN_FLUSH).await {
+                tracing::warn!(%error, "stopping with unacknowledged messages: they will be sent again on restart");
+            }
+            let lsn = state.checkpoint.confirmable();
+            source.confirm(lsn);
+            tracing::info!(confirmed = %stats::format_lsn(lsn), "stopped");
+            Session::Stopped
+        }
+        Err(error) => Session::Interrupted(error),
+    };
+    source.shutdown().await;
+    match outcome {
+        Session::Interrupted(error) if !error.is_transient() => Err(error),
+        other => Ok(other),
+    }
+}
+
+/// Writes a logical message every `interval`, so an idle database still produces a commit that
+/// moves the slot's confirmed LSN (otherwise WAL of other databases piles up behind it).
+async fn heartbeat(target: PgTarget, interval: Duration, shutdown: CancellationToken) {
+    let mut client = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if client.is_none() {
+            client = target.connect().await.ok();
+        }
+        let Some(sql) = &client else { continue };
+        let sent = sql
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, '{\"heartbeat\":true}')",
+                &[&MESSAGE_PREFIX],
+            )
+            .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "heartbeat failed; reconnecting next time");
+            client = None;
+        }
+    }
 }

@@ -24,10 +24,11 @@ pub struct Endpoints {
     /// Directory of the Postgres client binaries (pg_recvlogical, …).
     pub postgres_bindir: Option<String>,
     pub kafka_brokers: String,
-    pub opensearch_url: String,
-    pub elasticsearch_url: String,
+    /// OpenSearch and Elasticsearch are optional for tests that do not index (the producer's).
+    pub opensearch_url: Option<String>,
+    pub elasticsearch_url: Option<String>,
     /// The `encoded` value of an API key allowed to manage every index.
-    pub elasticsearch_api_key: String,
+    pub elasticsearch_api_key: Option<String>,
 }
 
 impl Endpoints {
@@ -46,9 +47,9 @@ impl Endpoints {
             postgres_ca: std::env::var("SLUICE_TEST_PG_CA").ok(),
             postgres_bindir: std::env::var("SLUICE_TEST_PG_BINDIR").ok(),
             kafka_brokers: var("SLUICE_TEST_KAFKA_BROKERS")?,
-            opensearch_url: var("SLUICE_TEST_OPENSEARCH_URL")?,
-            elasticsearch_url: var("SLUICE_TEST_ELASTICSEARCH_URL")?,
-            elasticsearch_api_key: var("SLUICE_TEST_ELASTICSEARCH_API_KEY")?,
+            opensearch_url: std::env::var("SLUICE_TEST_OPENSEARCH_URL").ok(),
+            elasticsearch_url: std::env::var("SLUICE_TEST_ELASTICSEARCH_URL").ok(),
+            elasticsearch_api_key: std::env::var("SLUICE_TEST_ELASTICSEARCH_API_KEY").ok(),
         })
     }
 
@@ -148,24 +149,26 @@ impl TestContext {
     }
 
     /// An HTTP client for Elasticsearch with the test API key, and the base URL.
+    /// Panics with how to get it when Elasticsearch is not configured.
     pub fn elasticsearch(&self) -> (reqwest::Client, String) {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Ok(value) = format!("ApiKey {}", self.endpoints.elasticsearch_api_key).parse() {
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap_or_default();
-        (client, self.endpoints.elasticsearch_url.clone())
+        let endpoints = &self.endpoints;
+        let (Some(url), Some(key)) = (
+            &endpoints.elasticsearch_url,
+            &endpoints.elasticsearch_api_key,
+        ) else {
+            panic!(
+                "SLUICE_TEST_ELASTICSEARCH_URL/_API_KEY are not set: start it with deploy/local/up.sh"
+            );
+        };
+        (elasticsearch_client(key), url.clone())
     }
 
-    /// An HTTP client for OpenSearch and the base URL.
+    /// An HTTP client for OpenSearch and the base URL. Panics when OpenSearch is not configured.
     pub fn opensearch(&self) -> (reqwest::Client, String) {
-        (
-            reqwest::Client::new(),
-            self.endpoints.opensearch_url.clone(),
-        )
+        let Some(url) = &self.endpoints.opensearch_url else {
+            panic!("SLUICE_TEST_OPENSEARCH_URL is not set: start it with deploy/local/up.sh");
+        };
+        (reqwest::Client::new(), url.clone())
     }
 
     /// Removes everything this test made. Also runs (best effort) when the context is dropped,
@@ -249,9 +252,18 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
 
     // Indices with the test's prefix on both clusters (aliases go with their indices).
     let pattern = format!("{}-*", context.index_prefix);
-    let (es, es_url) = context.elasticsearch();
-    let (os, os_url) = context.opensearch();
-    for (client, base) in [(es, es_url), (os, os_url)] {
+    let endpoints = &context.endpoints;
+    let mut clusters = Vec::new();
+    if let (Some(url), Some(key)) = (
+        &endpoints.elasticsearch_url,
+        &endpoints.elasticsearch_api_key,
+    ) {
+        clusters.push((elasticsearch_client(key), url.clone()));
+    }
+    if let Some(url) = &endpoints.opensearch_url {
+        clusters.push((reqwest::Client::new(), url.clone()));
+    }
+    for (client, base) in clusters {
         let url = format!("{base}/{pattern}?expand_wildcards=all&ignore_unavailable=true");
         match client.delete(&url).send().await {
             Ok(response) if response.status().is_success() || response.status() == 404 => {}
@@ -301,6 +313,17 @@ async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn elasticsearch_client(api_key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = format!("ApiKey {api_key}").parse() {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Connects with tokio-postgres, driving the connection on a task.
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -347,4 +370,257 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    /// `None` for a tombstone.
+    pub event: Option<sluice_proto::v1::ChangeEvent>,
+}
+
+impl Record {
+    /// The key as text (keys are JSON).
+    pub fn key_text(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+}
+
+impl TestContext {
+    /// A config for this test: its database, slot, publication and topic prefix, telemetry on a
+    /// free port. `tables` and `extra` are YAML written under `tables:` and at the top level.
+    pub fn config_yaml(&self, tables: &str, extra: &str) -> String {
+        format!(
+            "postgres:\n  url: {url}\n  slot: {slot}\n  publication: {publication}\n\
+             kafka:\n  brokers: {brokers}\n  topic_prefix: {prefix}\n  partitions: 3\n\
+             tables:\n{tables}\n\
+             telemetry:\n  producer_listen: 127.0.0.1:0\n  consumer_listen: 127.0.0.1:0\n  log_level: info\n\
+             {extra}\n",
+            url = self.postgres_url(),
+            slot = self.slot,
+            publication = self.publication,
+            brokers = self.endpoints.kafka_brokers,
+            prefix = self.topic_prefix,
+        )
+    }
+
+    /// Writes `yaml` to this test's config file and returns its path.
+    pub fn write_config(&self, yaml: &str) -> anyhow::Result<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join("sluice-tests").join(&self.id);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("sluice.yaml");
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+
+    /// Parses and validates `yaml` the way the binaries do.
+    pub fn config(&self, yaml: &str) -> anyhow::Result<sluice_common::config::Config> {
+        let path = self.write_config(yaml)?;
+        Ok(sluice_common::config::load(&path)?)
+    }
+
+    pub fn topic(&self, table: &str) -> String {
+        format!("{}.{table}", self.topic_prefix)
+    }
+
+    /// Every message of `topic` from the beginning to its current end.
+    pub async fn read_topic(&self, topic: &str) -> anyhow::Result<Vec<Record>> {
+        use rdkafka::Message as _;
+        use sluice_proto::Message as _;
+        let consumer: BaseConsumer = self
+            .kafka_config()
+            .set("group.id", format!("{}.reader", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let topic_owned = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Record>> {
+            let topic = topic_owned.as_str();
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            let mut ends = std::collections::HashMap::new();
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            for &partition in &partitions {
+                let (_, high) =
+                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+                ends.insert(partition, high);
+                assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
+            }
+            consumer.assign(&assignment)?;
+            let mut records = Vec::new();
+            let mut done: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while ends
+                .iter()
+                .any(|(p, high)| done.get(p).copied().unwrap_or(-1) + 1 < *high)
+            {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "reading {topic}: only got {} messages before the deadline",
+                        records.len()
+                    );
+                }
+                let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                let message = message?;
+                done.insert(message.partition(), message.offset());
+                let event = match message.payload() {
+                    Some(bytes) => Some(sluice_proto::v1::ChangeEvent::decode(bytes)?),
+                    None => None,
+                };
+                records.push(Record {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    event,
+                });
+            }
+            Ok(records)
+        })
+        .await?
+    }
+
+    /// The slot's `confirmed_flush_lsn` (0 when the slot does not exist).
+    pub async fn confirmed_lsn(&self) -> anyhow::Result<u64> {
+        let admin = self.admin_postgres().await?;
+        let row = admin
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map_or(0, |v| v as u64))
+    }
+
+    /// The server's current WAL position.
+    pub async fn current_lsn(&self) -> anyhow::Result<u64> {
+        let admin = self.admin_postgres().await?;
+        let row = admin
+            .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Starts `sluice-producer run` in this process (as a task); cancel the token to stop it.
+    pub fn spawn_producer(
+        &self,
+        config: sluice_common::config::Config,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Result<(), sluice_producer::Error>>,
+    ) {
+        let token = tokio_util::sync::CancellationToken::new();
+        let handle = tokio::spawn(sluice_producer::run(config, token.clone()));
+        (token, handle)
+    }
+}
+
+/// Path of a workspace binary (`sluice-producer`, `sluice-consumer`), built by the test command
+/// before the tests run.
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    // target/debug/deps/<test binary> → target/debug/<name>
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("test binary has no target directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build --bins` (deploy/local/test.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A sluice binary running as a child process, with its output in a log file.
+#[derive(Debug)]
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts `binary args…`, logging to `log`.
+    pub fn start(
+        binary_name: &str,
+        args: &[&str],
+        log: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        let output = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = tokio::process::Command::new(binary(binary_name)?)
+            .args(args)
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { child, log })
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process has already exited")?;
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the process gets no chance to flush or confirm anything.
+    pub async fn kill9(&mut self) -> anyhow::Result<()> {
+        self.signal("KILL").await?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        self.signal("TERM").await?;
+        let status = tokio::time::timeout(timeout, self.child.wait()).await??;
+        Ok(status.code())
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let status = tokio::time::timeout(timeout, self.child.wait()).await??;
+        Ok(status.code())
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs a `deploy/local/<service>.sh` command (`stop`, `start`), for fault tests.
+pub async fn service(name: &str, command: &str) -> anyhow::Result<()> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/local/{name}.sh"));
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(command)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("{} {command} failed: {status}", script.display());
+    }
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The harness reaches every real service, with the access the pipeline needs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
 use std::time::Duration;
 
 use rdkafka::Message;

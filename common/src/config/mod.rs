@@ -491,3 +491,50 @@ fn default_consumer_listen() -> SocketAddr {
 
 #[cfg(test)]
 mod tests;
+
+impl KafkaConfig {
+    /// librdkafka properties for the connection and security settings, shared by every client
+    /// (the producer's and the consumer's own tuning comes on top). `options` come last, so they
+    /// override.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        let mut props = vec![("bootstrap.servers".to_owned(), self.brokers.clone())];
+        let protocol = match self.security.protocol {
+            KafkaProtocol::Plaintext => "plaintext",
+            KafkaProtocol::Ssl => "ssl",
+            KafkaProtocol::SaslPlaintext => "sasl_plaintext",
+            KafkaProtocol::SaslSsl => "sasl_ssl",
+        };
+        props.push(("security.protocol".to_owned(), protocol.to_owned()));
+        if let Some(sasl) = &self.security.sasl {
+            let mechanism = match sasl.mechanism {
+                SaslMechanism::Plain => "PLAIN",
+                SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+                SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            };
+            props.push(("sasl.mechanism".to_owned(), mechanism.to_owned()));
+            props.push(("sasl.username".to_owned(), sasl.username.clone()));
+            props.push((
+                "sasl.password".to_owned(),
+                sasl.password.expose().to_owned(),
+            ));
+        }
+        if let Some(ca) = &self.security.ca_file {
+            props.push(("ssl.ca.location".to_owned(), ca.display().to_string()));
+        }
+        for (key, value) in &self.options {
+            props.push((key.clone(), value.clone()));
+        }
+        props
+    }
+
+    /// The librdkafka name of the compression codec.
+    pub fn compression_codec(&self) -> &'static str {
+        match self.compression {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}

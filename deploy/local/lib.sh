@@ -1,0 +1,152 @@
+# shellcheck shell=bash
+# Shared helpers for the deploy/local service scripts. Sourced, never run.
+#
+# Layout (both overridable):
+#   SLUICE_CACHE_DIR  downloads (jars, zips), kept between runs      default /var/cache/sluice
+#   SLUICE_STATE_DIR  data dirs, logs, pid files, chosen ports       default /var/tmp/sluice-local
+# Neither lives under root's home: OpenSearch and Elasticsearch refuse to run from there.
+
+set -euo pipefail
+
+SLUICE_CACHE_DIR=${SLUICE_CACHE_DIR:-/var/cache/sluice}
+SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}
+# The unprivileged OS user that runs the JVM services (they refuse to run as root).
+SLUICE_SERVICE_USER=${SLUICE_SERVICE_USER:-sluice}
+DEPLOY_LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+mkdir -p "$SLUICE_CACHE_DIR" "$SLUICE_STATE_DIR"
+
+log() { printf '[%s] %s\n' "${SERVICE:-local}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_install PKG...: installs the Debian packages that are missing.
+apt_install() {
+  local missing=()
+  local p
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} from Debian's packages"
+  # Services start in parallel: one apt at a time, each waiting for dpkg's own lock too.
+  (
+    flock 8
+    as_root apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      -o DPkg::Lock::Timeout=600 "${missing[@]}" >&2
+  ) 8>"$SLUICE_STATE_DIR/.apt.lock"
+}
+
+# ensure_service_user: creates the unprivileged user the JVM services run as.
+ensure_service_user() {
+  if ! id -u "$SLUICE_SERVICE_USER" >/dev/null 2>&1; then
+    as_root useradd --system --no-create-home --shell /usr/sbin/nologin "$SLUICE_SERVICE_USER"
+  fi
+}
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# pick_port NAME DEFAULT: the port for NAME. An explicit environment override wins, then the
+# port chosen on an earlier start (kept in the state dir so restarts keep their address), then
+# the first free port from DEFAULT upwards.
+pick_port() {
+  local name=$1 default=$2 override_var file p
+  override_var="SLUICE_$(echo "$name" | tr '[:lower:]-' '[:upper:]_')_PORT"
+  file="$SLUICE_STATE_DIR/ports/$name"
+  mkdir -p "$SLUICE_STATE_DIR/ports"
+  if [ -n "${!override_var:-}" ]; then
+    echo "${!override_var}" >"$file"
+    echo "${!override_var}"
+    return
+  fi
+  if [ -s "$file" ]; then
+    cat "$file"
+    return
+  fi
+  p=$default
+  while port_in_use "$p"; do p=$((p + 1)); done
+  echo "$p" >"$file"
+  echo "$p"
+}
+
+# forget_port NAME: drops a remembered port (after a clean stop, a fresh start may pick again).
+forget_port() { rm -f "$SLUICE_STATE_DIR/ports/$1"; }
+
+# pid_alive PIDFILE
+pid_alive() {
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+# wait_until TIMEOUT_SECONDS LOGFILE DESCRIPTION CMD...: polls CMD until it succeeds. On timeout,
+# prints where the log is and its last lines, and fails.
+wait_until() {
+  local timeout=$1 logfile=$2 what=$3
+  shift 3
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$what did not answer within ${timeout}s"
+      fail_with_log "$logfile"
+    fi
+    sleep 0.5
+  done
+}
+
+fail_with_log() {
+  local logfile=$1
+  log "log: $logfile (last 40 lines below)"
+  if [ -f "$logfile" ]; then tail -n 40 "$logfile" >&2; fi
+  exit 1
+}
+
+# stop_pid PIDFILE NAME [TIMEOUT]: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+  local pidfile=$1 name=$2 timeout=${3:-60} pid
+  if ! pid_alive "$pidfile"; then
+    rm -f "$pidfile"
+    return 0
+  fi
+  pid=$(cat "$pidfile")
+  log "stopping $name (pid $pid)"
+  kill "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + timeout))
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$name did not stop within ${timeout}s: killing it"
+      kill -9 "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
+
+# maven_fetch GROUP:ARTIFACT:VERSION[:PACKAGING[:CLASSIFIER]] DEST_DIR: copies one artifact from
+# Maven Central into the cache (once).
+maven_fetch() {
+  local coords=$1 dest=$2
+  mkdir -p "$dest"
+  mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2
+}
+
+# java_home_at_least MAJOR: prints a JDK home of at least that major version, preferring the
+# newest one installed.
+java_home_at_least() {
+  local want=$1 dir ver
+  for dir in $(ls -d /usr/lib/jvm/*/ 2>/dev/null | sort -rV); do
+    [ -x "$dir/bin/java" ] || continue
+    ver=$("$dir/bin/java" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
+    if [ -n "$ver" ] && [ "${ver%%.*}" -ge "$want" ]; then
+      echo "${dir%/}"
+      return 0
+    fi
+  done
+  return 1
+}

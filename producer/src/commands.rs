@@ -1,0 +1,415 @@
+//! `check`, `status` and `backfill`: the commands that inspect or steer, rather than stream.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_common::config::Config;
+
+use crate::catalog::{self, PgTarget, quote_table};
+use crate::error::Error;
+use crate::stats::format_lsn;
+
+/// One finding of `check`.
+#[derive(Debug)]
+struct Finding {
+    level: Level,
+    what: String,
+    fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    /// Worth changing, but running works.
+    Warn,
+    /// Running cannot work until this is fixed.
+    Fail,
+}
+
+#[derive(Debug, Default)]
+struct Report(Vec<Finding>);
+
+impl Report {
+    fn ok(&mut self, what: impl Into<String>) {
+        self.0.push(Finding {
+            level: Level::Ok,
+            what: what.into(),
+            fix: None,
+        });
+    }
+    fn warn(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(Finding {
+            level: Level::Warn,
+            what: what.into(),
+            fix: Some(fix.into()),
+        });
+    }
+    fn fail(&mut self, what: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(Finding {
+            level: Level::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        });
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for finding in &self.0 {
+            let tag = match finding.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "WARN",
+                Level::Fail => "FAIL",
+            };
+            let _ = writeln!(out, "{tag}  {}", finding.what);
+            if let Some(fix) = &finding.fix {
+                let _ = writeln!(out, "      fix: {fix}");
+            }
+        }
+        out
+    }
+
+    fn failures(&self) -> usize {
+        self.0.iter().filter(|f| f.level == Level::Fail).count()
+    }
+}
+
+/// Checks Postgres and Kafka, prints each finding with its fix, and fails when anything blocks
+/// running.
+pub async fn check(config: Config) -> Result<(), Error> {
+    let mut report = Report::default();
+    let target = PgTarget::from_config(&config.postgres)?;
+    let sql = target.connect().await?;
+    report.ok(format!(
+        "connected to {} as {}",
+        target.redacted(),
+        target.user
+    ));
+    check_server(&sql, &target, &mut report).await?;
+    check_tables(&sql, &config, &target, &mut report).await?;
+    check_slot(&sql, &config, &mut report).await?;
+    check_kafka(&config, &mut report).await;
+    print!("{}", report.render());
+    match report.failures() {
+        0 => Ok(()),
+        n => Err(Error::Command(format!(
+            "{n} problem(s) block running: fix them and run check again"
+        ))),
+    }
+}
+
+async fn check_server(
+    sql: &tokio_postgres::Client,
+    target: &PgTarget,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let settings = catalog::settings(sql).await?;
+    let get = |name: &str| settings.get(name).cloned().unwrap_or_default();
+    let wal_level = get("wal_level");
+    if wal_level == "logical" {
+        report.ok("wal_level = logical");
+    } else {
+        report.fail(
+            format!("wal_level = {wal_level}"),
+            "ALTER SYSTEM SET wal_level = logical; then restart Postgres",
+        );
+    }
+    let row = sql
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots)::bigint,
+                    (SELECT count(*) FROM pg_stat_replication)::bigint",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("counting slots and senders", e))?;
+    let (slots_used, senders_used): (i64, i64) = (row.get(0), row.get(1));
+    for (name, used) in [
+        ("max_replication_slots", slots_used),
+        ("max_wal_senders", senders_used),
+    ] {
+        let max: i64 = get(name).parse().unwrap_or(0);
+        if max > used {
+            report.ok(format!("{name} = {max} ({used} in use)"));
+        } else {
+            report.fail(
+                format!("{name} = {max} with {used} in use: no room for sluice"),
+                format!(
+                    "ALTER SYSTEM SET {name} = {}; then restart Postgres",
+                    (used + 4).max(10)
+                ),
+            );
+        }
+    }
+    let row = sql
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading the role", e))?;
+    if row.get::<_, bool>(0) {
+        report.ok(format!("role {} may replicate", target.user));
+    } else {
+        report.fail(
+            format!("role {} lacks the REPLICATION attribute", target.user),
+            format!(
+                "ALTER ROLE {} REPLICATION",
+                catalog::quote_ident(&target.user)
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn check_tables(
+    sql: &tokio_postgres::Client,
+    config: &Config,
+    target: &PgTarget,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let published = catalog::publication_tables(sql, &config.postgres.publication).await?;
+    match &published {
+        None => report.ok(format!(
+            "publication {} will be created by run",
+            config.postgres.publication
+        )),
+        Some(_) => report.ok(format!(
+            "publication {} exists",
+            config.postgres.publication
+        )),
+    }
+    for table in &config.tables {
+        let (schema, name) = table.schema_and_table();
+        let Some(info) = catalog::table_info(sql, schema, name).await? else {
+            report.fail(
+                format!("table {} does not exist", table.name),
+                "create it, or remove it from `tables`",
+            );
+            continue;
+        };
+        let quoted = quote_table(schema, name);
+        let row = sql
+            .query_one(
+                "SELECT has_table_privilege(current_user, $1, 'SELECT')",
+                &[&quoted],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("checking privileges on {}", table.name), e))?;
+        if !row.get::<_, bool>(0) {
+            report.fail(
+                format!("{} is not readable by {}", table.name, target.user),
+                format!(
+                    "GRANT SELECT ON {quoted} TO {}",
+                    catalog::quote_ident(&target.user)
+                ),
+            );
+        }
+        match (&table.key, info.key_columns.is_empty(), info.replica_identity) {
+            (Some(_), _, 'f') => report.ok(format!("{}: key from the config, replica identity full", table.name)),
+            (Some(_), _, identity) => report.fail(
+                format!("{}: key columns come from the config but replica identity is `{identity}`", table.name),
+                format!("ALTER TABLE {quoted} REPLICA IDENTITY FULL"),
+            ),
+            (None, true, _) => report.fail(
+                format!("{} has no primary key", table.name),
+                "add a primary key, or set REPLICA IDENTITY FULL and name key columns in `tables[].key`",
+            ),
+            (None, false, identity) => {
+                report.ok(format!("{}: primary key ({})", table.name, info.key_columns.join(", ")));
+                if identity != 'f' && has_toastable_columns(sql, schema, name).await? {
+                    report.warn(
+                        format!(
+                            "{} has TOASTable columns and replica identity `{identity}`: updates that leave them untouched become partial updates",
+                            table.name
+                        ),
+                        format!("ALTER TABLE {quoted} REPLICA IDENTITY FULL (exact updates, at the cost of more WAL)"),
+                    );
+                }
+            }
+        }
+        if let Some(published) = &published
+            && !published.contains(&table.name)
+        {
+            report.ok(format!(
+                "{} will be added to the publication by run",
+                table.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn has_toastable_columns(
+    sql: &tokio_postgres::Client,
+    schema: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    let row = sql
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+                   AND a.attstorage <> 'p')",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading column storage", e))?;
+    Ok(row.get(0))
+}
+
+async fn check_slot(
+    sql: &tokio_postgres::Client,
+    config: &Config,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let slot = &config.postgres.slot;
+    match catalog::slot_state(sql, slot).await? {
+        None => report.ok(format!("slot {slot} will be created by run")),
+        Some(state) => {
+            if state.plugin != "pgoutput" {
+                report.fail(
+                    format!("slot {slot} uses plugin {}", state.plugin),
+                    format!("SELECT pg_drop_replication_slot('{slot}'), or set postgres.slot to another name"),
+                );
+            } else if state.wal_status.as_deref() == Some("lost") {
+                report.fail(
+                    format!("slot {slot} lost WAL it needed"),
+                    "drop the slot and backfill again",
+                );
+            } else {
+                let holder = state
+                    .active_pid
+                    .map_or("idle".to_owned(), |pid| format!("held by pid {pid}"));
+                report.ok(format!(
+                    "slot {slot}: confirmed {}, {} bytes behind, {holder}",
+                    format_lsn(state.confirmed_flush_lsn),
+                    state.lag_bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_kafka(config: &Config, report: &mut Report) {
+    let mut client = ClientConfig::new();
+    for (key, value) in config.kafka.client_properties() {
+        client.set(key, value);
+    }
+    let consumer: Result<BaseConsumer, _> = client.create();
+    let result = match consumer {
+        Ok(consumer) => tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.brokers().len())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string())),
+        Err(error) => Err(error.to_string()),
+    };
+    match result {
+        Ok(brokers) => report.ok(format!(
+            "kafka at {} answers ({brokers} broker(s))",
+            config.kafka.brokers
+        )),
+        Err(error) => report.fail(
+            format!("kafka at {} does not answer: {error}", config.kafka.brokers),
+            "check kafka.brokers and that the brokers run and are reachable from here",
+        ),
+    }
+}
+
+/// Prints the slot's state and, when the producer runs, its own counters.
+pub async fn status(config: Config) -> Result<(), Error> {
+    let target = PgTarget::from_config(&config.postgres)?;
+    let sql = target.connect().await?;
+    let slot = &config.postgres.slot;
+    let mut out = String::new();
+    match catalog::slot_state(&sql, slot).await? {
+        None => {
+            let _ = writeln!(out, "slot {slot}: does not exist (run has not started yet)");
+        }
+        Some(state) => {
+            let holder = state
+                .active_pid
+                .map_or("no producer attached".to_owned(), |pid| {
+                    format!("streaming to pid {pid}")
+                });
+            let _ = writeln!(out, "slot {slot}: {holder}");
+            let _ = writeln!(
+                out,
+                "  confirmed lsn: {}",
+                format_lsn(state.confirmed_flush_lsn)
+            );
+            let _ = writeln!(out, "  lag: {} bytes", state.lag_bytes);
+        }
+    }
+    let mut addr = config.telemetry.producer_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/status");
+    let fetched = async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        response
+            .error_for_status()?
+            .json::<serde_json::Value>()
+            .await
+    }
+    .await;
+    match fetched {
+        Ok(running) => {
+            let last = running["last_event_unix_micros"].as_i64().map_or(
+                "none yet".to_owned(),
+                |micros| {
+                    let secs = micros / 1_000_000;
+                    let age = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|now| now.as_secs() as i64 - secs)
+                        .unwrap_or(0);
+                    format!("{age}s ago (commit time, unix {secs})")
+                },
+            );
+            let _ = writeln!(out, "producer at {addr}: running");
+            let _ = writeln!(out, "  last event: {last}");
+            if let Some(tables) = running["tables"].as_object() {
+                for (table, counts) in tables {
+                    let _ = writeln!(
+                        out,
+                        "  {table}: {} inserts, {} updates, {} deletes, {} truncates, {} backfilled",
+                        counts["insert"],
+                        counts["update"],
+                        counts["delete"],
+                        counts["truncate"],
+                        counts["read"]
+                    );
+                }
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "producer at {addr}: not reachable ({error})");
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// Asks the running producer to backfill `table`, optionally only rows matching `condition`.
+// Async because starting a backfill talks to Postgres; lands with the backfill feature.
+#[allow(clippy::unused_async)]
+pub async fn backfill(
+    config: Config,
+    table: String,
+    condition: Option<String>,
+) -> Result<(), Error> {
+    let _ = (config, table, condition);
+    Err(Error::Command(
+        "on-demand backfills are not available in this build yet".to_owned(),
+    ))
+}

@@ -1,0 +1,241 @@
+//! Kafka publishing with delivery tracking.
+//!
+//! One idempotent producer (acks=all, unlimited retries, no delivery timeout) sends every
+//! ChangeEvent. Each message carries its transaction's sequence number as the delivery opaque;
+//! librdkafka's delivery report hands it back to [`Checkpoint`], which decides what may be
+//! confirmed to Postgres. While Kafka is away messages wait inside librdkafka and the stream
+//! reader stops at `producer.max_in_flight_messages`, so memory stays bounded and nothing
+//! unacknowledged is ever confirmed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode as Code;
+use sluice_common::config::{CleanupPolicy, Config};
+use sluice_common::telemetry::names;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Error;
+
+/// Timeout of admin and metadata requests.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct DeliveryContext {
+    checkpoint: Arc<Checkpoint>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => self.checkpoint.delivered(seq as u64),
+            Err((error, message)) => {
+                metrics::counter!(names::PRODUCER_KAFKA_ERRORS).increment(1);
+                use rdkafka::Message as _;
+                self.checkpoint.failed(format!(
+                    "message for topic {} (partition {}) was not delivered: {error}",
+                    message.topic(),
+                    message.partition()
+                ));
+            }
+        }
+    }
+}
+
+/// Sends ChangeEvents and reports their delivery to the checkpoint.
+pub struct Publisher {
+    producer: ThreadedProducer<DeliveryContext>,
+    checkpoint: Arc<Checkpoint>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("in_flight", &self.checkpoint.in_flight())
+            .finish()
+    }
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in config.kafka.client_properties() {
+        client.set(key, value);
+    }
+    client
+}
+
+impl Publisher {
+    pub fn new(config: &Config, checkpoint: Arc<Checkpoint>) -> Result<Self, Error> {
+        let queue = (config.producer.max_in_flight_messages * 2).max(100_000);
+        let mut client = ClientConfig::new();
+        client
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Never give up on a message: while Kafka is away, nothing is confirmed to Postgres
+            // and the stream reader waits at the in-flight limit.
+            .set("message.timeout.ms", "0")
+            .set("compression.type", config.kafka.compression_codec())
+            // The Java client's partitioner: keys land where other Kafka tools expect them.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", queue.to_string())
+            .set("queue.buffering.max.kbytes", "262144")
+            .set("client.id", crate::catalog::APPLICATION_NAME);
+        for (key, value) in config.kafka.client_properties() {
+            client.set(key, value);
+        }
+        let producer = client
+            .create_with_context(DeliveryContext {
+                checkpoint: checkpoint.clone(),
+            })
+            .map_err(|e| Error::Kafka(format!("cannot create the Kafka producer: {e}")))?;
+        Ok(Self {
+            producer,
+            checkpoint,
+        })
+    }
+
+    /// Sends one message for transaction `seq`; `payload` `None` is a tombstone. Waits (without
+    /// blocking the runtime) while librdkafka's queue is full.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        partition: Option<i32>,
+        seq: u64,
+    ) -> Result<(), Error> {
+        // Count the message before handing it over: its delivery report may come back first.
+        self.checkpoint.sent(seq);
+        let mut record = BaseRecord::with_opaque_to(topic, seq as usize).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => {
+                    let reason = format!("cannot send to topic {topic}: {error}");
+                    self.checkpoint.failed(reason.clone());
+                    return Err(Error::KafkaFatal(reason));
+                }
+            }
+        }
+    }
+
+    /// Waits until every message sent so far is acknowledged, up to `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.checkpoint.in_flight() > 0 {
+            if let Some(failure) = self.checkpoint.failure() {
+                return Err(Error::KafkaFatal(failure));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Kafka(format!(
+                    "{} messages still unacknowledged after {timeout:?}",
+                    self.checkpoint.in_flight()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Whatever is still queued is not confirmed; it will be read again from the slot.
+        let _ = self.producer.flush(Duration::from_secs(1));
+    }
+}
+
+/// Creates the topics of every configured table that do not exist yet, and returns the
+/// partition count of each (TRUNCATE markers go to every partition).
+pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Error> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config)
+        .create()
+        .map_err(|e| Error::Kafka(format!("cannot create the Kafka admin client: {e}")))?;
+    let replication = config.kafka.replication_factor.map_or(-1, i32::from);
+    let retention = config
+        .kafka
+        .retention
+        .map(|r| r.get().as_millis().to_string());
+    let names: Vec<String> = config
+        .tables
+        .iter()
+        .map(|t| config.topic_for(&t.name))
+        .collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            let topic = NewTopic::new(
+                name,
+                config.kafka.partitions,
+                TopicReplication::Fixed(replication),
+            );
+            match config.kafka.cleanup_policy {
+                CleanupPolicy::Compact => topic.set("cleanup.policy", "compact"),
+                CleanupPolicy::Delete => match &retention {
+                    Some(ms) => topic
+                        .set("cleanup.policy", "delete")
+                        .set("retention.ms", ms),
+                    None => topic.set("cleanup.policy", "delete"),
+                },
+            }
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(ADMIN_TIMEOUT))
+        .request_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|e| Error::Kafka(format!("cannot create topics: {e}")))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, Code::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka(format!("cannot create topic {topic}: {code}")));
+            }
+        }
+    }
+    partition_counts(&admin, &names)
+}
+
+fn partition_counts(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+) -> Result<HashMap<String, i32>, Error> {
+    let mut counts = HashMap::new();
+    for topic in topics {
+        let metadata = tokio::task::block_in_place(|| {
+            admin.inner().fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+        })
+        .map_err(|e| Error::Kafka(format!("cannot read metadata of topic {topic}: {e}")))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Kafka(format!("topic {topic} has no partitions yet")))?;
+        counts.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
+    }
+    Ok(counts)
+}

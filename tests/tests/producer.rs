@@ -1,0 +1,233 @@
+//! sluice-producer against real Postgres and Kafka: what lands on the topic, and what the slot
+//! confirms.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sluice_proto::v1::value::Kind;
+use sluice_proto::v1::{ArrayValue, ChangeEvent, Op, Value};
+use sluice_tests::{Record, TestContext, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until `topic` holds at least `count` messages, and returns them all.
+async fn wait_for_messages(context: &TestContext, topic: &str, count: usize) -> Vec<Record> {
+    eventually(WAIT, &format!("{count} messages on {topic}"), || async {
+        let records = context.read_topic(topic).await?;
+        Ok((records.len() >= count).then_some(records))
+    })
+    .await
+    .unwrap()
+}
+
+fn value<'a>(event: &'a ChangeEvent, column: &str) -> &'a Kind {
+    let column = event
+        .record
+        .iter()
+        .find(|c| c.name == column)
+        .unwrap_or_else(|| panic!("no column {column} in {event:?}"));
+    column.value.as_ref().and_then(|v| v.kind.as_ref()).unwrap()
+}
+
+fn text(s: &str) -> Kind {
+    Kind::Text(s.to_owned())
+}
+
+fn array(elements: Vec<Kind>) -> Kind {
+    Kind::Array(ArrayValue {
+        elements: elements.into_iter().map(Value::from).collect(),
+    })
+}
+
+fn null() -> Kind {
+    Kind::Null(sluice_proto::v1::Null {})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_of_the_zoo_arrives_exactly() {
+    let context = TestContext::new("type_zoo").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
+         CREATE TABLE zoo (
+           tenant text, id int,
+           c_smallint smallint, c_int int, c_bigint bigint, c_numeric numeric,
+           c_real real, c_double double precision, c_bool bool,
+           c_text text, c_varchar varchar(20), c_char char(5), c_bytea bytea, c_uuid uuid,
+           c_json json, c_jsonb jsonb,
+           c_date date, c_time time, c_timetz timetz, c_timestamp timestamp, c_timestamptz timestamptz,
+           c_interval interval, c_inet inet, c_cidr cidr, c_macaddr macaddr,
+           c_enum mood, c_domain posint, c_int_arr int[], c_text_arr text[],
+           PRIMARY KEY (tenant, id));",
+    )
+    .await
+    .unwrap();
+    let config = context
+        .config(&context.config_yaml("  - name: public.zoo", ""))
+        .unwrap();
+    let (stop, producer) = context.spawn_producer(config);
+    let topic = context.topic("public.zoo");
+    // The topic exists once the producer streams; write only then.
+    eventually(WAIT, "producer streaming", || async {
+        Ok((context.confirmed_lsn().await? > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    db.batch_execute(
+        r#"SET TimeZone = 'America/New_York';
+        INSERT INTO zoo VALUES
+        ('acme', 1, 32767, 2147483647, 9223372036854775807,
+         1234567890123456789012345678901234567890.123, 'Infinity', '-0', true,
+         'héllo "world", {braces} \ back', 'abc', 'ab', '\x00ff10', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11',
+         '{"b": 1,  "a": [1, 2]}', '{"b": 1, "a": [1, 2]}',
+         '2024-02-29', '23:59:59.999999', '12:00:00+05:30', '2024-01-02 03:04:05.123456',
+         '2024-01-02 03:04:05.123456+02', '1 year 2 months 3 days 04:05:06.5',
+         '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 'happy', 42,
+         '{1,NULL,3}', '{"a,b",NULL,"NULL","x\"y"}'),
+        ('acme', 2, -32768, -2147483648, -9223372036854775808,
+         'NaN', '-Infinity', 'NaN', false,
+         '', '', '', '\x', '00000000-0000-0000-0000-000000000000',
+         'null', '[]',
+         '0044-03-15 BC', '00:00:00', '00:00:00-08', '2000-01-01 00:00:00',
+         '2024-06-30 23:00:00', '-1 days',
+         '::1', '2001:db8::/32', '00:00:00:00:00:00', 'sad', 1,
+         '{}', '{}'),
+        ('a,"b"', 3, NULL, NULL, NULL, -0.0000000000000000000000000000000000000001, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL);"#,
+    )
+    .await
+    .unwrap();
+
+    let records = wait_for_messages(&context, &topic, 3).await;
+    let by_id: HashMap<i64, ChangeEvent> = records
+        .into_iter()
+        .filter_map(|r| r.event)
+        .map(|e| {
+            let id = match value(&e, "id") {
+                Kind::Int(id) => *id,
+                other => panic!("id is {other:?}"),
+            };
+            (id, e)
+        })
+        .collect();
+
+    let one = &by_id[&1];
+    assert_eq!(one.op(), Op::Insert);
+    let expected_one = [
+        ("tenant", text("acme")),
+        ("c_smallint", Kind::Int(32767)),
+        ("c_int", Kind::Int(2147483647)),
+        ("c_bigint", Kind::Int(i64::MAX)),
+        (
+            "c_numeric",
+            Kind::Numeric("1234567890123456789012345678901234567890.123".into()),
+        ),
+        ("c_real", Kind::Double(f64::INFINITY)),
+        ("c_bool", Kind::Bool(true)),
+        ("c_text", text(r#"héllo "world", {braces} \ back"#)),
+        ("c_varchar", text("abc")),
+        ("c_char", text("ab   ")),
+        ("c_bytea", Kind::Bytes(vec![0x00, 0xff, 0x10])),
+        (
+            "c_uuid",
+            Kind::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+        ),
+        ("c_json", Kind::Json(r#"{"b": 1,  "a": [1, 2]}"#.into())),
+        ("c_jsonb", Kind::Json(r#"{"a": [1, 2], "b": 1}"#.into())),
+        ("c_date", Kind::Date("2024-02-29".into())),
+        ("c_time", Kind::Time("23:59:59.999999".into())),
+        ("c_timetz", Kind::Timetz("12:00:00+05:30".into())),
+        (
+            "c_timestamp",
+            Kind::Timestamp("2024-01-02T03:04:05.123456".into()),
+        ),
+        (
+            "c_timestamptz",
+            Kind::Timestamptz("2024-01-02T01:04:05.123456Z".into()),
+        ),
+        ("c_interval", Kind::Interval("P1Y2M3DT4H5M6.5S".into())),
+        ("c_inet", Kind::Unknown("192.168.0.1/24".into())),
+        ("c_cidr", Kind::Unknown("10.0.0.0/8".into())),
+        ("c_macaddr", Kind::Unknown("08:00:2b:01:02:03".into())),
+        ("c_enum", text("happy")),
+        ("c_domain", Kind::Int(42)),
+        ("c_int_arr", array(vec![Kind::Int(1), null(), Kind::Int(3)])),
+        (
+            "c_text_arr",
+            array(vec![text("a,b"), null(), text("NULL"), text(r#"x"y"#)]),
+        ),
+    ];
+    for (column, expected) in &expected_one {
+        assert_eq!(value(one, column), expected, "row 1, column {column}");
+    }
+    match value(one, "c_double") {
+        Kind::Double(d) => assert!(*d == 0.0 && d.is_sign_negative(), "-0 lost its sign: {d}"),
+        other => panic!("c_double is {other:?}"),
+    }
+    let type_of = |event: &ChangeEvent, column: &str| {
+        event
+            .record
+            .iter()
+            .find(|c| c.name == column)
+            .map(|c| c.type_name.clone())
+            .unwrap()
+    };
+    assert_eq!(type_of(one, "c_enum"), "mood");
+    assert_eq!(type_of(one, "c_domain"), "posint");
+    assert_eq!(type_of(one, "c_int_arr"), "_int4");
+    assert_eq!(
+        one.key.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["tenant", "id"]
+    );
+
+    let two = &by_id[&2];
+    let expected_two = [
+        ("c_smallint", Kind::Int(-32768)),
+        ("c_int", Kind::Int(-2147483648)),
+        ("c_bigint", Kind::Int(i64::MIN)),
+        ("c_numeric", Kind::Numeric("NaN".into())),
+        ("c_real", Kind::Double(f64::NEG_INFINITY)),
+        ("c_bool", Kind::Bool(false)),
+        ("c_text", text("")),
+        ("c_char", text("     ")),
+        ("c_bytea", Kind::Bytes(vec![])),
+        ("c_json", Kind::Json("null".into())),
+        ("c_jsonb", Kind::Json("[]".into())),
+        ("c_date", Kind::Date("-0043-03-15".into())),
+        ("c_timetz", Kind::Timetz("00:00:00-08:00".into())),
+        // Written in America/New_York (EDT, -04): stored and sent as UTC.
+        (
+            "c_timestamptz",
+            Kind::Timestamptz("2024-07-01T03:00:00Z".into()),
+        ),
+        ("c_interval", Kind::Interval("P-1D".into())),
+        ("c_inet", Kind::Unknown("::1".into())),
+        ("c_int_arr", array(vec![])),
+        ("c_text_arr", array(vec![])),
+    ];
+    for (column, expected) in &expected_two {
+        assert_eq!(value(two, column), expected, "row 2, column {column}");
+    }
+    match value(two, "c_double") {
+        Kind::Double(d) => assert!(d.is_nan()),
+        other => panic!("c_double is {other:?}"),
+    }
+
+    let three = &by_id[&3];
+    assert_eq!(value(three, "tenant"), &text(r#"a,"b""#));
+    assert_eq!(
+        value(three, "c_numeric"),
+        &Kind::Numeric("-0.0000000000000000000000000000000000000001".into())
+    );
+    assert_eq!(value(three, "c_text"), &null());
+    assert_eq!(value(three, "c_int_arr"), &null());
+
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
