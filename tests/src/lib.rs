@@ -281,8 +281,12 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
 
 async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
     let consumer: BaseConsumer = context.kafka_config().create()?;
+    // Blocking calls on a thread of their own: cleanup also runs from Drop, on a small runtime.
+    let consumer = std::sync::Arc::new(consumer);
+    let reader = consumer.clone();
     let metadata =
-        tokio::task::block_in_place(|| consumer.fetch_metadata(None, Duration::from_secs(10)))?;
+        tokio::task::spawn_blocking(move || reader.fetch_metadata(None, Duration::from_secs(10)))
+            .await??;
     let topics: Vec<String> = metadata
         .topics()
         .iter()
@@ -298,14 +302,19 @@ async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         admin.delete_topics(&names, &options).await?;
     }
-    let groups =
-        tokio::task::block_in_place(|| consumer.fetch_group_list(None, Duration::from_secs(10)))?;
-    let groups: Vec<String> = groups
-        .groups()
-        .iter()
-        .map(|g| g.name().to_owned())
-        .filter(|name| name.starts_with(&context.group))
-        .collect();
+    let prefix = context.group.clone();
+    let groups: Vec<String> = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_group_list(None, Duration::from_secs(10))
+            .map(|list| {
+                list.groups()
+                    .iter()
+                    .map(|g| g.name().to_owned())
+                    .filter(|name| name.starts_with(&prefix))
+                    .collect()
+            })
+    })
+    .await??;
     if !groups.is_empty() {
         let names: Vec<&str> = groups.iter().map(String::as_str).collect();
         admin.delete_groups(&names, &options).await?;

@@ -231,3 +231,291 @@ async fn every_type_of_the_zoo_arrives_exactly() {
     producer.await.unwrap().unwrap();
     context.cleanup().await.unwrap();
 }
+
+/// Starts the producer on `tables` and waits until it streams (its slot exists and is confirmed).
+async fn streaming_producer(
+    context: &TestContext,
+    tables: &str,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), sluice_producer::Error>>,
+) {
+    let config = context.config(&context.config_yaml(tables, "")).unwrap();
+    let running = context.spawn_producer(config);
+    eventually(WAIT, "producer streaming", || async {
+        Ok((context.confirmed_lsn().await? > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    running
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_of_each_key_arrive_in_order_with_tombstones_and_truncate_markers() {
+    let context = TestContext::new("ordering").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let (stop, producer) = streaming_producer(&context, "  - name: public.items").await;
+
+    // One statement per transaction (a multi-statement simple query would be one transaction).
+    for statement in [
+        "INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g",
+        "UPDATE items SET n = 1",
+        "BEGIN; UPDATE items SET n = 2 WHERE id <= 10; UPDATE items SET n = 3 WHERE id <= 5; COMMIT;",
+        "DELETE FROM items WHERE id % 2 = 0",
+        "UPDATE items SET id = 100 WHERE id = 1",
+        "TRUNCATE items",
+    ] {
+        db.batch_execute(statement).await.unwrap();
+    }
+    let after = context.current_lsn().await.unwrap();
+
+    let topic = context.topic("public.items");
+    // 20 inserts, 20 updates, 10 + 5 updates, 10 deletes + 10 tombstones,
+    // key change: delete + tombstone + update, and 3 truncate markers.
+    let records = wait_for_messages(&context, &topic, 20 + 20 + 15 + 20 + 3 + 3).await;
+
+    let mut by_key: HashMap<String, Vec<&Record>> = HashMap::new();
+    for record in &records {
+        by_key.entry(record.key_text()).or_default().push(record);
+    }
+    let ops = |key: &str| -> Vec<Option<Op>> {
+        by_key[key]
+            .iter()
+            .map(|r| r.event.as_ref().map(ChangeEvent::op))
+            .collect()
+    };
+    // One partition per key, offsets in stream order.
+    for (key, list) in &by_key {
+        assert!(
+            list.windows(2)
+                .all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        ops("[3]"),
+        [
+            Some(Op::Insert),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Update)
+        ]
+    );
+    assert_eq!(
+        ops("[4]"),
+        [
+            Some(Op::Insert),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Delete),
+            None
+        ]
+    );
+    assert_eq!(
+        ops("[8]"),
+        [
+            Some(Op::Insert),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Delete),
+            None
+        ]
+    );
+    assert_eq!(
+        ops("[1]"),
+        [
+            Some(Op::Insert),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Update),
+            Some(Op::Delete),
+            None
+        ]
+    );
+    assert_eq!(ops("[100]"), [Some(Op::Update)]);
+    let n_of = |r: &Record| match value(r.event.as_ref().unwrap(), "n") {
+        Kind::Int(n) => *n,
+        other => panic!("n is {other:?}"),
+    };
+    assert_eq!(
+        by_key["[3]"].iter().map(|r| n_of(r)).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+
+    // Versions: every change carries its transaction's commit LSN, increasing in stream order;
+    // the two updates of one transaction share one.
+    let versions: Vec<u64> = by_key["[3]"]
+        .iter()
+        .map(|r| r.event.as_ref().unwrap().position.unwrap().commit_lsn)
+        .collect();
+    assert!(
+        versions[0] < versions[1] && versions[1] < versions[2],
+        "{versions:?}"
+    );
+    assert_eq!(
+        versions[2], versions[3],
+        "two updates in one transaction share the commit LSN"
+    );
+    let inside: Vec<u32> = by_key["[3]"][2..]
+        .iter()
+        .map(|r| {
+            r.event
+                .as_ref()
+                .unwrap()
+                .position
+                .unwrap()
+                .index_in_transaction
+        })
+        .collect();
+    assert!(inside[0] < inside[1], "{inside:?}");
+
+    // TRUNCATE: one marker on each of the 3 partitions.
+    let mut markers: Vec<i32> = records
+        .iter()
+        .filter(|r| sluice_proto::key::is_truncate_marker(&r.key))
+        .map(|r| {
+            assert_eq!(r.event.as_ref().unwrap().op(), Op::Truncate);
+            r.partition
+        })
+        .collect();
+    markers.sort_unstable();
+    assert_eq!(markers, [0, 1, 2]);
+
+    // Everything read is confirmed to Postgres once Kafka has it.
+    eventually(WAIT, "slot confirmed past the writes", || async {
+        Ok((context.confirmed_lsn().await? >= after).then_some(()))
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untouched_toasted_column_is_never_sent_as_a_value() {
+    let context = TestContext::new("toast").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+         CREATE TABLE docs_full (id int PRIMARY KEY, title text, body text);
+         ALTER TABLE docs_full REPLICA IDENTITY FULL;",
+    )
+    .await
+    .unwrap();
+    let (stop, producer) = streaming_producer(
+        &context,
+        "  - name: public.docs\n  - name: public.docs_full",
+    )
+    .await;
+
+    // 100 kB of random hex does not compress below the TOAST threshold: stored out of line.
+    let body: String = db
+        .query_one(
+            "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for table in ["docs", "docs_full"] {
+        db.execute(
+            &format!("INSERT INTO {table} VALUES (1, 'first', $1)"),
+            &[&body],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            &format!("UPDATE {table} SET title = 'second' WHERE id = 1"),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
+    let plain = wait_for_messages(&context, &context.topic("public.docs"), 2).await;
+    let update = plain[1].event.as_ref().unwrap();
+    assert_eq!(update.op(), Op::Update);
+    assert_eq!(update.unchanged_toast_columns, ["body"]);
+    assert!(
+        update.record.iter().all(|c| c.name != "body"),
+        "body must be absent, not a placeholder: {update:?}"
+    );
+    assert_eq!(value(update, "title"), &text("second"));
+
+    let full = wait_for_messages(&context, &context.topic("public.docs_full"), 2).await;
+    let update = full[1].event.as_ref().unwrap();
+    assert!(update.unchanged_toast_columns.is_empty());
+    assert_eq!(
+        value(update, "body"),
+        &text(&body),
+        "REPLICA IDENTITY FULL fills the unchanged value exactly"
+    );
+    assert_eq!(
+        update
+            .changes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["title"]
+    );
+    assert_eq!(
+        update.changes[0].value.as_ref().unwrap().kind,
+        Some(text("first"))
+    );
+
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_changes_are_picked_up_without_a_restart() {
+    let context = TestContext::new("schema_change").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a int, b text)")
+        .await
+        .unwrap();
+    let (stop, producer) = streaming_producer(&context, "  - name: public.t").await;
+    db.batch_execute(
+        "INSERT INTO t VALUES (1, 1, 'x');
+         ALTER TABLE t ADD COLUMN c numeric;
+         INSERT INTO t VALUES (2, 2, 'y', 2.5);
+         ALTER TABLE t DROP COLUMN b;
+         INSERT INTO t VALUES (3, 3, 3.5);
+         ALTER TABLE t ALTER COLUMN a TYPE text;
+         INSERT INTO t VALUES (4, 'four', 4.5);",
+    )
+    .await
+    .unwrap();
+    let mut records = wait_for_messages(&context, &context.topic("public.t"), 4).await;
+    records.sort_by_key(|r| r.key_text());
+    let columns = |i: usize| -> Vec<String> {
+        records[i]
+            .event
+            .as_ref()
+            .unwrap()
+            .record
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    assert_eq!(columns(0), ["id", "a", "b"]);
+    assert_eq!(columns(1), ["id", "a", "b", "c"]);
+    assert_eq!(columns(2), ["id", "a", "c"]);
+    assert_eq!(
+        value(records[2].event.as_ref().unwrap(), "c"),
+        &Kind::Numeric("3.5".into())
+    );
+    assert_eq!(
+        value(records[3].event.as_ref().unwrap(), "a"),
+        &text("four")
+    );
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
