@@ -137,7 +137,12 @@ impl StreamState {
                         pgoutput::decode(data).map_err(|e| Error::Decode(e.to_string()))?;
                     self.handle(message, lsn, open.as_mut(), sql).await?;
                 }
-                WalEvent::Message { .. } | WalEvent::KeepAlive { .. } => self.confirm(source),
+                WalEvent::KeepAlive { wal_end } => {
+                    let lag = wal_end.saturating_sub(self.checkpoint.confirmable());
+                    metrics::gauge!(names::PRODUCER_REPLICATION_LAG_BYTES).set(lag as f64);
+                    self.confirm(source);
+                }
+                WalEvent::Message { .. } => self.confirm(source),
             }
             if let Some(failure) = self.checkpoint.failure() {
                 return Err(Error::KafkaFatal(failure));

@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# Single-node OpenSearch 2.19 on 127.0.0.1, from the integ-test zip on Maven Central, without Docker.
+#
+#   deploy/local/opensearch.sh start   start (idempotent); prints `export SLUICE_TEST_OPENSEARCH_URL=…`
+#   deploy/local/opensearch.sh stop    SIGTERM, wait, kill; keeps data and ports
+#   deploy/local/opensearch.sh env     prints the export line when running (exit 1 otherwise)
+#   deploy/local/opensearch.sh clean   stop, then delete data, logs and remembered ports
+#
+# The unpacked distribution lives in $SLUICE_CACHE_DIR/opensearch (read-only for the service);
+# config, data and logs in $SLUICE_STATE_DIR/opensearch, owned by $SLUICE_SERVICE_USER (OpenSearch
+# refuses to run as root). Overrides: SLUICE_OPENSEARCH_PORT, SLUICE_OPENSEARCH_TRANSPORT_PORT,
+# SLUICE_OPENSEARCH_VERSION, SLUICE_OPENSEARCH_HEAP, SLUICE_OPENSEARCH_START_TIMEOUT,
+# SLUICE_OPENSEARCH_MODULES.
+#
+# The integ-test zip holds only the transport-netty4 module (no security plugin either). This script
+# adds lang-painless, reindex (_reindex, _delete_by_query, _update_by_query) and analysis-common,
+# rebuilt from their jars on Maven Central into the cached distribution; SLUICE_OPENSEARCH_MODULES
+# (default "lang-painless reindex analysis-common"; reindex and analysis-common need
+# lang-painless) chooses, and "" gives the bare zip.
+set -euo pipefail
+
+SERVICE=opensearch
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+OS_VERSION=${SLUICE_OPENSEARCH_VERSION:-2.19.6}
+OS_HEAP=${SLUICE_OPENSEARCH_HEAP:-512m}
+OS_TIMEOUT=${SLUICE_OPENSEARCH_START_TIMEOUT:-180}
+OS_CLUSTER=sluice-local-opensearch
+OS_CACHE=$SLUICE_CACHE_DIR/opensearch
+OS_HOME=$OS_CACHE/opensearch-$OS_VERSION
+OS_STATE=$SLUICE_STATE_DIR/opensearch
+OS_CONF=$OS_STATE/config
+OS_LOGS=$OS_STATE/logs
+OS_CONSOLE=$OS_LOGS/console.log
+# launcher.pid: the process we started (bin/opensearch execs the JVM, so it is the JVM itself).
+# run/opensearch.pid: written by OpenSearch (-p) once it has bootstrapped.
+OS_LAUNCHER_PID=$OS_STATE/launcher.pid
+OS_SERVER_PID=$OS_STATE/run/opensearch.pid
+OS_ENV_FILE=$SLUICE_STATE_DIR/opensearch.env
+
+# ours PIDFILE: the pid in PIDFILE is alive and is the OpenSearch of this state dir.
+ours() {
+  pid_alive "$1" && grep -qaF -- "$OS_STATE/" "/proc/$(cat "$1")/cmdline" 2>/dev/null
+}
+
+# jdk_home_between MIN MAX: newest JDK whose major version is within [MIN, MAX]. OpenSearch 2.x
+# needs the Java SecurityManager, which JDK 24+ no longer provides, so the newest JDK will not do.
+jdk_home_between() {
+  local min=$1 max=$2 dir ver major
+  for dir in $(printf '%s\n' /usr/lib/jvm/*/ | sort -rV); do
+    [ -x "$dir/bin/java" ] || continue
+    ver=$("$dir/bin/java" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
+    major=${ver%%.*}
+    if [ -n "$major" ] && [ "$major" -ge "$min" ] && [ "$major" -le "$max" ]; then
+      echo "${dir%/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+require_tools() {
+  local missing=()
+  command -v curl >/dev/null || missing+=(curl)
+  command -v unzip >/dev/null || missing+=(unzip)
+  command -v mvn >/dev/null || missing+=(maven)
+  command -v setpriv >/dev/null || missing+=(util-linux)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
+# install_distribution: the zip from Maven Central (once), unpacked in the cache (once).
+install_distribution() {
+  [ -x "$OS_HOME/bin/opensearch" ] && return 0
+  local zip=$OS_CACHE/opensearch-$OS_VERSION.zip tmp
+  if [ ! -s "$zip" ]; then
+    log "fetching org.opensearch.distribution.integ-test-zip:opensearch:$OS_VERSION:zip from Maven Central"
+    maven_fetch "org.opensearch.distribution.integ-test-zip:opensearch:$OS_VERSION:zip" "$OS_CACHE"
+  fi
+  log "unpacking $zip"
+  tmp=$(mktemp -d "$OS_CACHE/.unpack.XXXXXX")
+  unzip -q "$zip" -d "$tmp"
+  chmod -R a+rX "$tmp"
+  rm -rf "$OS_HOME"
+  mv "$tmp/opensearch-$OS_VERSION" "$OS_HOME"
+  rm -rf "$tmp"
+}
+
+# The modules a real OpenSearch ships and the integ-test zip leaves out, rebuilt from their jars on
+# Maven Central: NAME ARTIFACT CLASSNAME EXTENDED_PLUGINS.
+OS_EXTRA_MODULES="
+lang-painless lang-painless org.opensearch.painless.PainlessPlugin -
+reindex reindex-client org.opensearch.index.reindex.ReindexPlugin lang-painless
+analysis-common analysis-common org.opensearch.analysis.common.CommonAnalysisPlugin lang-painless
+"
+OS_WANTED_MODULES=${SLUICE_OPENSEARCH_MODULES-lang-painless reindex analysis-common}
+
+# jar_name FILE: a jar's name without version (asm-util-9.7.jar -> asm-util).
+jar_name() { basename "$1" | sed -E 's/-[0-9][^/]*\.jar$//'; }
+
+# install_module NAME ARTIFACT CLASSNAME EXTENDED: org.opensearch.plugin:ARTIFACT:$OS_VERSION and
+# its dependencies, less the jars already in lib/ (OpenSearch refuses duplicate classes), as
+# modules/NAME with the descriptor and security policy the real module has.
+install_module() {
+  local name=$1 artifact=$2 classname=$3 extended=$4 build
+  [ "$extended" = - ] && extended=
+  build=$(mktemp -d)
+  cat >"$build/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.sluice</groupId><artifactId>opensearch-module-$name</artifactId><version>0</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.opensearch.plugin</groupId><artifactId>$artifact</artifactId><version>$OS_VERSION</version>
+      <exclusions>
+        <exclusion><groupId>org.opensearch</groupId><artifactId>opensearch</artifactId></exclusion>
+      </exclusions>
+    </dependency>
+  </dependencies>
+</project>
+EOF
+  mvn -q -B -f "$build/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$build/$name" >&2
+  local jar in_lib
+  in_lib=$(for jar in "$OS_HOME"/lib/*.jar; do jar_name "$jar"; done)
+  for jar in "$build/$name"/*.jar; do
+    if grep -qxF "$(jar_name "$jar")" <<<"$in_lib"; then rm -f "$jar"; fi
+  done
+  cat >"$build/$name/plugin-descriptor.properties" <<EOF
+description=$name module, assembled by deploy/local/opensearch.sh from Maven Central jars
+version=$OS_VERSION
+name=$name
+classname=$classname
+java.version=11
+opensearch.version=$OS_VERSION
+custom.foldername=
+extended.plugins=$extended
+has.native.controller=false
+EOF
+  case $name in
+    lang-painless)
+      cat >"$build/$name/plugin-security.policy" <<'EOF'
+grant {
+  // needed to generate runtime classes
+  permission java.lang.RuntimePermission "createClassLoader";
+  // needed to find the classloader to load allowlisted classes from
+  permission java.lang.RuntimePermission "getClassLoader";
+};
+EOF
+      ;;
+    reindex)
+      cat >"$build/$name/plugin-security.policy" <<'EOF'
+grant {
+  // reindex from a remote cluster opens socket connections with the rest client
+  permission java.net.SocketPermission "*", "connect";
+  permission java.net.NetPermission "getProxySelector";
+};
+EOF
+      ;;
+  esac
+  chmod -R a+rX "$build/$name"
+  rm -rf "$OS_HOME/modules/$name"
+  mv "$build/$name" "$OS_HOME/modules/$name"
+  rm -rf "$build"
+}
+
+# install_extra_modules: the wanted extra modules present (once), the unwanted ones removed.
+install_extra_modules() {
+  local name artifact classname extended
+  while read -r name artifact classname extended; do
+    [ -n "$name" ] || continue
+    if [[ " $OS_WANTED_MODULES " == *" $name "* ]]; then
+      [ -s "$OS_HOME/modules/$name/plugin-descriptor.properties" ] && continue
+      log "adding the $name module (org.opensearch.plugin:$artifact:$OS_VERSION from Maven Central)"
+      install_module "$name" "$artifact" "$classname" "$extended"
+    elif [ -d "$OS_HOME/modules/$name" ]; then
+      log "removing the $name module (not in SLUICE_OPENSEARCH_MODULES)"
+      rm -rf "${OS_HOME:?}/modules/$name"
+    fi
+  done <<<"$OS_EXTRA_MODULES"
+}
+
+# write_config HTTP_PORT TRANSPORT_PORT: config dir in the state dir (rewritten on every start so
+# port changes take effect; data is untouched).
+write_config() {
+  local http_port=$1 transport_port=$2
+  mkdir -p "$OS_CONF/jvm.options.d" "$OS_STATE/data" "$OS_LOGS" "$OS_STATE/run" "$OS_STATE/tmp"
+  cp "$OS_HOME/config/log4j2.properties" "$OS_CONF/"
+  # The stock jvm.options writes heap dumps, GC logs and crash files relative to the working dir.
+  sed -e "s|HeapDumpPath=data|HeapDumpPath=$OS_STATE/data|" \
+    -e "s|ErrorFile=logs/|ErrorFile=$OS_LOGS/|" \
+    -e "s|file=logs/gc.log|file=$OS_LOGS/gc.log|" \
+    "$OS_HOME/config/jvm.options" >"$OS_CONF/jvm.options"
+  printf -- '-Xms%s\n-Xmx%s\n' "$OS_HEAP" "$OS_HEAP" >"$OS_CONF/jvm.options.d/heap.options"
+  cat >"$OS_CONF/opensearch.yml" <<EOF
+# Written by deploy/local/opensearch.sh on every start: edit the script, not this file.
+cluster.name: $OS_CLUSTER
+node.name: sluice-local
+discovery.type: single-node
+network.host: 127.0.0.1
+http.port: $http_port
+transport.port: $transport_port
+path.data: $OS_STATE/data
+path.logs: $OS_LOGS
+cluster.routing.allocation.disk.threshold_enabled: false
+action.destructive_requires_name: false
+EOF
+  chown -R "$SLUICE_SERVICE_USER:" "$OS_STATE"
+}
+
+http_port() { cat "$SLUICE_STATE_DIR/ports/opensearch"; }
+
+env_lines() {
+  echo "export SLUICE_TEST_OPENSEARCH_URL=http://127.0.0.1:$(http_port)"
+}
+
+# answering: cluster health of *our* cluster is at least yellow.
+answering() {
+  curl -fsS --max-time 5 "http://127.0.0.1:$(http_port)/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
+    grep -q "\"cluster_name\":\"$OS_CLUSTER\""
+}
+
+# up_or_dead: stops the wait when OpenSearch answers or when its process is gone.
+up_or_dead() { answering || ! pid_alive "$OS_LAUNCHER_PID"; }
+
+wait_ready() {
+  wait_until "$OS_TIMEOUT" "$OS_CONSOLE" "opensearch" up_or_dead
+  if ! answering; then
+    log "opensearch exited during startup"
+    fail_with_log "$OS_CONSOLE"
+  fi
+}
+
+publish_env() {
+  env_lines >"$OS_ENV_FILE"
+  env_lines
+}
+
+cmd_start() {
+  exec 9>"$SLUICE_STATE_DIR/.opensearch.lock"
+  flock 9
+  START_OK=0
+  if ours "$OS_LAUNCHER_PID"; then
+    trap stop_unless_started EXIT
+    if ! answering; then
+      log "opensearch (pid $(cat "$OS_LAUNCHER_PID")) is starting: waiting"
+      wait_ready
+    fi
+    log "opensearch already running on port $(http_port)"
+    publish_env
+    START_OK=1
+    return 0
+  fi
+  rm -f "$OS_LAUNCHER_PID" "$OS_SERVER_PID" "$OS_ENV_FILE"
+
+  require_tools
+  ensure_service_user
+  local java_home http transport
+  java_home=$(jdk_home_between 11 23) || {
+    apt_install openjdk-17-jre-headless
+    java_home=$(jdk_home_between 11 23)
+  } || die "no JDK 11..23 found (OpenSearch 2.x does not run on JDK 24+)"
+  install_distribution
+  install_extra_modules
+
+  http=$(pick_port opensearch 9200)
+  transport=$(pick_port opensearch-transport 9300)
+  local p
+  for p in "$http" "$transport"; do
+    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_OPENSEARCH_PORT / SLUICE_OPENSEARCH_TRANSPORT_PORT, or run '$0 clean' to pick new ports)"
+  done
+  # The service user must reach the distribution and its state dir whatever root's umask was.
+  chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$OS_CACHE"
+  write_config "$http" "$transport"
+
+  log "starting OpenSearch $OS_VERSION on 127.0.0.1:$http (transport $transport, heap $OS_HEAP, java $java_home)"
+  echo "=== start $(date -u +%FT%TZ) ===" >>"$OS_CONSOLE"
+  chown "$SLUICE_SERVICE_USER:" "$OS_CONSOLE"
+  # setsid: own session, so a Ctrl-C or hangup of the caller does not reach the JVM. The subshell is
+  # not a process group leader, so setsid does not fork and $! is the JVM itself (bin/opensearch execs).
+  (
+    cd "$OS_STATE"
+    exec setsid setpriv --reuid="$SLUICE_SERVICE_USER" --regid="$(id -g "$SLUICE_SERVICE_USER")" --init-groups \
+      env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$OS_STATE" LANG=C.UTF-8 \
+      OPENSEARCH_JAVA_HOME="$java_home" OPENSEARCH_PATH_CONF="$OS_CONF" OPENSEARCH_TMPDIR="$OS_STATE/tmp" \
+      "$OS_HOME/bin/opensearch" -p "$OS_SERVER_PID"
+  ) </dev/null >>"$OS_CONSOLE" 2>&1 9>&- &
+  echo $! >"$OS_LAUNCHER_PID"
+  trap stop_unless_started EXIT
+  local t0=$SECONDS
+  wait_ready
+  log "opensearch answered after $((SECONDS - t0))s"
+  publish_env
+  START_OK=1
+}
+
+# stop_processes: the stop itself (the caller holds the lock).
+stop_processes() {
+  rm -f "$OS_ENV_FILE"
+  if ours "$OS_SERVER_PID"; then stop_pid "$OS_SERVER_PID" opensearch 60; fi
+  if ours "$OS_LAUNCHER_PID"; then stop_pid "$OS_LAUNCHER_PID" opensearch 60; fi
+  rm -f "$OS_SERVER_PID" "$OS_LAUNCHER_PID"
+}
+
+cmd_stop() {
+  exec 9>"$SLUICE_STATE_DIR/.opensearch.lock"
+  flock 9
+  stop_processes
+}
+
+# stop_unless_started: EXIT trap of a start; a start that failed stops what it left running, so
+# no half-started JVM keeps the ports.
+stop_unless_started() {
+  if [ "$START_OK" != 1 ]; then
+    log "start failed: stopping what it left running"
+    stop_processes
+  fi
+}
+
+cmd_env() {
+  if ! ours "$OS_LAUNCHER_PID" || [ ! -s "$OS_ENV_FILE" ]; then
+    log "opensearch is not running"
+    exit 1
+  fi
+  cat "$OS_ENV_FILE"
+}
+
+cmd_clean() {
+  cmd_stop
+  log "deleting $OS_STATE"
+  rm -rf "$OS_STATE" "$OS_ENV_FILE" "$SLUICE_STATE_DIR/.opensearch.lock"
+  forget_port opensearch
+  forget_port opensearch-transport
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  env) cmd_env ;;
+  clean) cmd_clean ;;
+  *)
+    echo "usage: $0 start|stop|env|clean" >&2
+    exit 2
+    ;;
+esac

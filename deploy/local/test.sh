@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command: installs what the build needs, starts the real services, runs formatting and
+# lint checks and the whole test suite (end-to-end included), then stops the services.
+# Fails if a service does not come up or any check or test fails.
+#
+#   deploy/local/test.sh [extra cargo test arguments]
+set -euo pipefail
+SERVICE=test
+. "$(dirname "$0")/lib.sh"
+cd "$DEPLOY_LOCAL_DIR/../.."
+
+# librdkafka is built from source (cmake/make, a C/C++ compiler, OpenSSL, zlib headers).
+apt_install build-essential pkg-config libssl-dev zlib1g-dev cmake
+
+cleanup() {
+  local status=$?
+  deploy/local/down.sh --clean || true
+  exit $status
+}
+trap cleanup EXIT
+
+eval "$(deploy/local/up.sh)"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+log "cargo build --bins"
+# End-to-end tests run the real binaries (kill -9, SIGTERM, exit codes).
+cargo build --locked --workspace --bins
+log "cargo test"
+cargo test --locked --workspace "$@"

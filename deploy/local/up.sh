@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Starts the real services on 127.0.0.1 and prints their endpoints as `export` lines:
+#
+#   eval "$(deploy/local/up.sh)"                 # Postgres, Kafka, OpenSearch, Elasticsearch
+#   eval "$(deploy/local/up.sh postgres kafka)"  # only some of them
+#
+# Idempotent: services already running are left alone. The services start in parallel; each
+# waits until it answers a real request. The lines are also written to $SLUICE_STATE_DIR/env.
+# Stop everything with deploy/local/down.sh.
+set -euo pipefail
+SERVICE=up
+. "$(dirname "$0")/lib.sh"
+
+ALL=(postgres kafka opensearch elasticsearch)
+services=("$@")
+[ ${#services[@]} -gt 0 ] || services=("${ALL[@]}")
+for s in "${services[@]}"; do
+  [ -x "$DEPLOY_LOCAL_DIR/$s.sh" ] || die "unknown service '$s' (known: ${ALL[*]})"
+done
+
+# Shared prerequisites first, so the parallel starts do not race on apt or the JVM user.
+apt_install curl ca-certificates openssl
+ensure_service_user
+
+started=$SECONDS
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+declare -A pids
+for s in "${services[@]}"; do
+  "$DEPLOY_LOCAL_DIR/$s.sh" start >"$tmp/$s.env" 2>"$tmp/$s.err" &
+  pids[$s]=$!
+done
+
+failed=()
+for s in "${services[@]}"; do
+  if wait "${pids[$s]}"; then
+    sed 's/^/  /' "$tmp/$s.err" | grep -v '^  $' >&2 || true
+  else
+    failed+=("$s")
+    log "$s failed to start:"
+    sed 's/^/  /' "$tmp/$s.err" >&2
+  fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  die "not started: ${failed[*]} (see the logs above)"
+fi
+
+for s in "${services[@]}"; do cat "$tmp/$s.env"; done >"$SLUICE_STATE_DIR/env"
+log "ready in $((SECONDS - started))s: ${services[*]} (endpoints in $SLUICE_STATE_DIR/env)"
+cat "$SLUICE_STATE_DIR/env"
