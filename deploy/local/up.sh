@@ -45,6 +45,8 @@ if [ ${#failed[@]} -gt 0 ]; then
   die "not started: ${failed[*]} (see the logs above)"
 fi
 
-for s in "${services[@]}"; do cat "$tmp/$s.env"; done >"$SLUICE_STATE_DIR/env"
-log "ready in $((SECONDS - started))s: ${services[*]} (endpoints in $SLUICE_STATE_DIR/env)"
-cat "$SLUICE_STATE_DIR/env"
+# Print what was asked for; the env file lists every service that runs now, so starting a
+# subset later does not hide the others.
+for s in "${services[@]}"; do cat "$tmp/$s.env"; done
+for s in "${ALL[@]}"; do "$DEPLOY_LOCAL_DIR/$s.sh" env 2>/dev/null || true; done >"$SLUICE_STATE_DIR/env"
+log "ready in $((SECONDS - started))s: ${services[*]} (endpoints of all running services in $SLUICE_STATE_DIR/env)"

@@ -146,6 +146,7 @@ async fn session(
     health.set_ready();
 
     let result = state.run(&mut source, &sql, shutdown).await;
+    let mut stopped_at = None;
     let outcome = match result {
         Ok(()) => {
             // Graceful stop: wait for Kafka, then confirm everything it acknowledged.
@@ -154,15 +155,56 @@ async fn session(
             }
             let lsn = state.checkpoint.confirmable();
             source.confirm(lsn);
-            tracing::info!(confirmed = %stats::format_lsn(lsn), "stopped");
+            stopped_at = Some(lsn);
             Session::Stopped
         }
         Err(error) => Session::Interrupted(error),
     };
     source.shutdown().await;
+    if let Some(lsn) = stopped_at {
+        // The transport ends the stream (CopyDone) without a last standby status update, so the
+        // slot would keep the position of the last periodic one: confirm the final position
+        // through SQL once the walsender has let go of the slot.
+        advance_slot(&sql, &config.postgres.slot, lsn).await;
+        tracing::info!(confirmed = %stats::format_lsn(lsn), "stopped");
+    }
     match outcome {
         Session::Interrupted(error) if !error.is_transient() => Err(error),
         other => Ok(other),
+    }
+}
+
+/// Moves the slot's confirmed LSN to `lsn` (never back) after the replication connection closed.
+/// Best effort: if it fails, a restart resends what came after the slot's position.
+async fn advance_slot(sql: &tokio_postgres::Client, slot: &str, lsn: u64) {
+    if lsn == 0 {
+        return;
+    }
+    let target = stats::format_lsn(lsn);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let advanced = sql
+            .query_opt(
+                "SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn) \
+                 FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND confirmed_flush_lsn < $2::text::pg_lsn",
+                &[&slot, &target],
+            )
+            .await;
+        match advanced {
+            Ok(_) => return,
+            // The walsender releases the slot a moment after the stream ended.
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, slot, lsn = %target, "could not confirm the final position: what came after the slot's position will be sent again on restart");
+                return;
+            }
+        }
     }
 }
 

@@ -155,7 +155,8 @@ impl WalSource for PgWireSource {
     }
 
     async fn shutdown(mut self) {
-        // The final status update goes out before the connection closes.
+        // CopyDone ends the stream; it carries no last status update (`run` confirms the final
+        // position through SQL afterwards).
         if let Err(error) = self.client.shutdown().await {
             tracing::debug!(%error, "replication connection did not close cleanly");
         }

@@ -49,7 +49,13 @@ impl Op {
 impl Stats {
     pub fn record(&self, table: &str, op: Op, commit_time_micros: i64) {
         if let Ok(mut tables) = self.tables.lock() {
-            let counts = tables.entry(table.to_owned()).or_default();
+            // The hot path finds the table without allocating its name.
+            if !tables.contains_key(table) {
+                tables.insert(table.to_owned(), TableCounts::default());
+            }
+            let Some(counts) = tables.get_mut(table) else {
+                return;
+            };
             match op {
                 Op::Insert => counts.insert += 1,
                 Op::Update => counts.update += 1,

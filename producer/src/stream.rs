@@ -55,6 +55,7 @@ pub struct StreamState {
     pub stats: Arc<Stats>,
     relations: HashMap<u32, Option<Arc<Captured>>>,
     types: HashMap<u32, (String, TypeKind)>,
+    bytes: Counter,
 }
 
 struct OpenTx {
@@ -81,6 +82,7 @@ impl StreamState {
             stats,
             relations: HashMap::new(),
             types: HashMap::new(),
+            bytes: metrics::counter!(names::PRODUCER_BYTES),
         }
     }
 
@@ -268,7 +270,7 @@ impl StreamState {
                     seq,
                 )
                 .await?;
-            metrics::counter!(names::PRODUCER_BYTES).increment(bytes as u64);
+            self.bytes.increment(bytes as u64);
         }
         Ok(())
     }

@@ -139,7 +139,9 @@ impl TestContext {
     /// A client config pointing at the test broker.
     pub fn kafka_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.endpoints.kafka_brokers);
+        config
+            .set("bootstrap.servers", &self.endpoints.kafka_brokers)
+            .set("enable.metrics.push", "false");
         config
     }
 
@@ -280,41 +282,38 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
 }
 
 async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = context.kafka_config().create()?;
-    // Blocking calls on a thread of their own: cleanup also runs from Drop, on a small runtime.
-    let consumer = std::sync::Arc::new(consumer);
-    let reader = consumer.clone();
-    let metadata =
-        tokio::task::spawn_blocking(move || reader.fetch_metadata(None, Duration::from_secs(10)))
-            .await??;
-    let topics: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|name| {
-            name.starts_with(&format!("{}.", context.topic_prefix))
-                || name.starts_with(&context.group)
+    // One admin client for everything: a consumer created only to read metadata can hang in
+    // rd_kafka_destroy. Blocking calls go to a thread of their own, since cleanup also runs
+    // from Drop on a small runtime.
+    let admin = std::sync::Arc::new(context.kafka_admin()?);
+    let reader = admin.clone();
+    let topic_prefix = format!("{}.", context.topic_prefix);
+    let group_prefix = context.group.clone();
+    let (topics, groups) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<String>, Vec<String>)> {
+            let client = reader.inner();
+            let metadata = client.fetch_metadata(None, Duration::from_secs(10))?;
+            let topics = metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| name.starts_with(&topic_prefix) || name.starts_with(&group_prefix))
+                .collect();
+            let groups = client
+                .fetch_group_list(None, Duration::from_secs(10))?
+                .groups()
+                .iter()
+                .map(|g| g.name().to_owned())
+                .filter(|name| name.starts_with(&group_prefix))
+                .collect();
+            Ok((topics, groups))
         })
-        .collect();
-    let admin = context.kafka_admin()?;
+        .await??;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     if !topics.is_empty() {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         admin.delete_topics(&names, &options).await?;
     }
-    let prefix = context.group.clone();
-    let groups: Vec<String> = tokio::task::spawn_blocking(move || {
-        consumer
-            .fetch_group_list(None, Duration::from_secs(10))
-            .map(|list| {
-                list.groups()
-                    .iter()
-                    .map(|g| g.name().to_owned())
-                    .filter(|name| name.starts_with(&prefix))
-                    .collect()
-            })
-    })
-    .await??;
     if !groups.is_empty() {
         let names: Vec<&str> = groups.iter().map(String::as_str).collect();
         admin.delete_groups(&names, &options).await?;

@@ -23,7 +23,12 @@ fn main() -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().context("no such topic")?.partitions().len();
+    let partitions = metadata
+        .topics()
+        .first()
+        .context("no such topic")?
+        .partitions()
+        .len();
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0;
     for partition in 0..i32::try_from(partitions)? {
@@ -57,7 +62,12 @@ fn event_json(event: &ChangeEvent) -> Value {
     let columns = |columns: &[v1::Column]| -> Value {
         columns
             .iter()
-            .map(|c| (c.name.clone(), c.value.as_ref().map_or(Value::Null, value_json)))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.value.as_ref().map_or(Value::Null, value_json),
+                )
+            })
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
@@ -77,8 +87,13 @@ fn value_json(value: &v1::Value) -> Value {
         None | Some(Kind::Null(_)) => Value::Null,
         Some(Kind::Bool(b)) => json!(b),
         Some(Kind::Int(i)) => json!(i),
-        Some(Kind::Double(d)) => serde_json::Number::from_f64(*d).map_or_else(|| json!(d.to_string()), Value::Number),
-        Some(Kind::Bytes(b)) => json!(format!("\\x{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+        Some(Kind::Double(d)) => {
+            serde_json::Number::from_f64(*d).map_or_else(|| json!(d.to_string()), Value::Number)
+        }
+        Some(Kind::Bytes(b)) => json!(format!(
+            "\\x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        )),
         Some(Kind::Json(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
         Some(Kind::Array(array)) => array.elements.iter().map(value_json).collect(),
         Some(

@@ -1,0 +1,207 @@
+//! sluice-producer while Kafka is down: nothing is confirmed to Postgres that Kafka has not
+//! acknowledged, and once Kafka is back every row arrives and the slot catches up.
+//!
+//! This stops the shared Kafka, so it is a test binary of its own with a single test (cargo runs
+//! test binaries one after another), and it always starts Kafka again, also when it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use sluice_proto::v1::value::Kind;
+use sluice_tests::{TestContext, connect, eventually, service};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Starts Kafka again when dropped while it is stopped: a failing assertion must not leave the
+/// shared broker down for the tests that run after this one.
+struct KafkaRestart {
+    stopped: bool,
+}
+
+impl Drop for KafkaRestart {
+    fn drop(&mut self) {
+        if !self.stopped {
+            return;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/kafka.sh");
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !matches!(&status, Ok(s) if s.success()) {
+            eprintln!("could not start Kafka again ({status:?}): run `bash {script} start`");
+        }
+    }
+}
+
+/// Ids of the rows on `topic`.
+async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<HashSet<i64>> {
+    let mut ids = HashSet::new();
+    for record in context.read_topic(topic).await? {
+        let Some(event) = record.event else { continue };
+        let id = event
+            .record
+            .iter()
+            .find(|c| c.name == "id")
+            .and_then(|c| c.value.as_ref())
+            .and_then(|v| v.kind.as_ref());
+        match id {
+            Some(Kind::Int(id)) => {
+                ids.insert(*id);
+            }
+            _ => anyhow::bail!("an event without an integer id: {event:?}"),
+        }
+    }
+    Ok(ids)
+}
+
+fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
+    let context = TestContext::new("kafka_outage").await.unwrap();
+    // Declared after the context, so dropped before it: Kafka is back for the context's cleanup.
+    let mut kafka = KafkaRestart { stopped: false };
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz DEFAULT now())")
+        .await
+        .unwrap();
+    // Frequent status updates and heartbeats: any confirmation would show within the outage.
+    let yaml = context.config_yaml(
+        "  - name: public.ticks",
+        "producer:\n  heartbeat_interval: 1s\n  status_interval: 1s",
+    );
+    let config = context.config(&yaml).unwrap();
+    let topic = context.topic("public.ticks");
+    let (stop, producer) = context.spawn_producer(config);
+    eventually(
+        WAIT,
+        "the producer created its replication slot",
+        || async { Ok((context.confirmed_lsn().await? > 0).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // A row every 50 ms until told to stop; returns the last id written.
+    let written = Arc::new(AtomicI32::new(0));
+    let stop_writer = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, written, stop_writer) =
+            (context.postgres_url(), written.clone(), stop_writer.clone());
+        tokio::spawn(async move {
+            let db = connect(&url).await.unwrap();
+            let mut id = 0;
+            while !stop_writer.load(Ordering::SeqCst) {
+                id += 1;
+                db.execute("INSERT INTO ticks (id) VALUES ($1)", &[&id])
+                    .await
+                    .unwrap();
+                written.store(id, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            id
+        })
+    };
+
+    eventually(WAIT, "the first rows on the topic", || async {
+        Ok((ids_on_topic(&context, &topic).await?.len() >= 20).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    kafka.stopped = true;
+    service("kafka", "stop").await.unwrap();
+    // Let what was in flight when Kafka stopped settle, and a status update go out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let c0 = context.confirmed_lsn().await.unwrap();
+    let written_at_c0 = written.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let c1 = context.confirmed_lsn().await.unwrap();
+    let written_at_c1 = written.load(Ordering::SeqCst);
+    let wal = context.current_lsn().await.unwrap();
+    let producer_alive = !producer.is_finished();
+
+    service("kafka", "start").await.unwrap();
+    kafka.stopped = false;
+    eprintln!(
+        "Kafka down: confirmed {} → {}, rows {written_at_c0} → {written_at_c1}, WAL at {}",
+        format_lsn(c0),
+        format_lsn(c1),
+        format_lsn(wal)
+    );
+
+    assert!(
+        written_at_c1 > written_at_c0 && wal > c0,
+        "there must be new changes to confirm during the outage: rows {written_at_c0} → \
+         {written_at_c1}, WAL at {} vs confirmed {}",
+        format_lsn(wal),
+        format_lsn(c0)
+    );
+    assert_eq!(
+        format_lsn(c1),
+        format_lsn(c0),
+        "the slot was confirmed while Kafka was down (rows {written_at_c0} → {written_at_c1} \
+         written meanwhile, none of them acknowledged)"
+    );
+    if !producer_alive {
+        panic!(
+            "the producer stopped while Kafka was down: {:?}",
+            producer.await
+        );
+    }
+
+    stop_writer.store(true, Ordering::SeqCst);
+    let last = writer.await.unwrap();
+    let final_lsn = context.current_lsn().await.unwrap();
+
+    let expected: Vec<i64> = (1..=i64::from(last)).collect();
+    let missing = eventually(
+        Duration::from_secs(120),
+        "every written row on the topic",
+        || async {
+            let ids = ids_on_topic(&context, &topic).await?;
+            let missing: Vec<i64> = expected
+                .iter()
+                .copied()
+                .filter(|id| !ids.contains(id))
+                .collect();
+            Ok(missing.is_empty().then_some(missing))
+        },
+    )
+    .await;
+    if let Err(error) = missing {
+        let ids = ids_on_topic(&context, &topic).await.unwrap();
+        let missing: Vec<i64> = expected
+            .iter()
+            .copied()
+            .filter(|id| !ids.contains(id))
+            .collect();
+        panic!(
+            "{error:#}: {} of {last} rows missing after Kafka came back (first: {:?})",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+    }
+    eventually(
+        WAIT,
+        &format!(
+            "the confirmed LSN passes {} after Kafka came back",
+            format_lsn(final_lsn)
+        ),
+        || async { Ok((context.confirmed_lsn().await? >= final_lsn).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    drop(kafka);
+    context.cleanup().await.unwrap();
+}
