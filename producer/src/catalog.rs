@@ -88,6 +88,13 @@ impl PgTarget {
             .unwrap_or("localhost")
             .trim_matches(['[', ']'])
             .to_owned();
+        if sslmode == SslMode::VerifyFull && host.parse::<std::net::IpAddr>().is_ok() {
+            // The replication transport checks host names only, not IP addresses.
+            return Err(Error::Setup(format!(
+                "postgres.url: sslmode=verify-full needs the server's DNS name, not the IP address {host}: \
+                 name the host as in its certificate, or use sslmode=verify-ca"
+            )));
+        }
         Ok(Self {
             url: raw.to_owned(),
             host,
@@ -229,6 +236,73 @@ impl PgTarget {
             )));
         }
         Ok(roots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_common::config::{PostgresConfig, Secret};
+
+    use super::*;
+
+    fn target(url: &str, ca_file: Option<&str>) -> Result<PgTarget, Error> {
+        PgTarget::from_config(&PostgresConfig {
+            url: Secret::new(url),
+            slot: "s".into(),
+            publication: "p".into(),
+            ca_file: ca_file.map(PathBuf::from),
+        })
+    }
+
+    #[test]
+    fn the_url_is_taken_apart_with_escapes_decoded() {
+        let t = target(
+            "postgres://us%40er:p%3Ass@db.example:6543/shop?sslmode=require",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.user.as_str(),
+                t.database.as_str()
+            ),
+            ("db.example", 6543, "us@er", "shop")
+        );
+        assert_eq!(t.password, "p:ss");
+        assert_eq!(t.sslmode, SslMode::Require);
+        assert!(
+            !format!("{t:?}").contains("p%3Ass"),
+            "Debug must not show the password"
+        );
+    }
+
+    #[test]
+    fn verifying_modes_need_a_ca_and_verify_full_a_host_name() {
+        let error = target("postgres://u@db/shop?sslmode=verify-ca", None).unwrap_err();
+        assert!(error.to_string().contains("postgres.ca_file"), "{error}");
+        let error = target(
+            "postgres://u@127.0.0.1/shop?sslmode=verify-full",
+            Some("/ca.pem"),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("use sslmode=verify-ca"),
+            "{error}"
+        );
+        assert!(
+            target(
+                "postgres://u@db.example/shop?sslmode=verify-full",
+                Some("/ca.pem")
+            )
+            .is_ok()
+        );
+        let error = target("postgres://u@db/shop?sslmode=maybe", None).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown sslmode `maybe`"),
+            "{error}"
+        );
     }
 }
 

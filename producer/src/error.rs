@@ -80,8 +80,28 @@ impl Error {
                 message: db.message().to_owned(),
             };
         }
+        // A certificate that does not verify will not verify on the next attempt either.
+        let chain = error_chain(&source);
+        if chain.contains("TLS handshake") || chain.contains("certificate") {
+            return Self::Tls(format!(
+                "connecting to {}: {chain}; check postgres.ca_file and the sslmode in postgres.url",
+                redact_url(url)
+            ));
+        }
         Self::postgres(format!("connecting to {}", redact_url(url)), source)
     }
+}
+
+/// An error and its sources, joined by `: `.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// SQL errors that retrying cannot fix: authentication, privileges, missing objects, syntax.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_proto::v1::value::Kind;
 use sluice_proto::v1::{ArrayValue, ChangeEvent, Op, Value};
-use sluice_tests::{Record, TestContext, eventually};
+use sluice_tests::{Process, Record, TestContext, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -517,5 +517,249 @@ async fn schema_changes_are_picked_up_without_a_restart() {
     );
     stop.cancel();
     producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_over_tls_with_the_server_certificate_chain_verified() {
+    let context = TestContext::new("tls").await.unwrap();
+    let ca = context
+        .endpoints
+        .postgres_ca
+        .clone()
+        .expect("SLUICE_TEST_PG_CA is set by deploy/local/postgres.sh");
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE secure (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let yaml = context
+        .config_yaml("  - name: public.secure", "")
+        .replacen(
+            &context.postgres_url(),
+            &format!("{}?sslmode=verify-ca", context.postgres_url()),
+            1,
+        )
+        .replacen("  slot:", &format!("  ca_file: {ca}\n  slot:"), 1);
+    let config = context.config(&yaml).unwrap();
+    let (stop, producer) = context.spawn_producer(config);
+    eventually(WAIT, "producer streaming", || async {
+        Ok((context.confirmed_lsn().await? > 0).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Both of the producer's connections (SQL and replication) are encrypted.
+    eventually(
+        WAIT,
+        "the replication and SQL connections over TLS",
+        || async {
+            let connections: Vec<(String, bool)> = db
+            .query(
+                "SELECT a.backend_type, s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'sluice-producer' AND a.datname = current_database()",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+            let over_tls = |kind: &str| connections.iter().any(|(what, ssl)| what == kind && *ssl);
+            anyhow::ensure!(
+                connections.iter().all(|(_, ssl)| *ssl),
+                "a connection without TLS: {connections:?}"
+            );
+            Ok((over_tls("walsender") && over_tls("client backend")).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    db.batch_execute("INSERT INTO secure VALUES (1), (2)")
+        .await
+        .unwrap();
+    wait_for_messages(&context, &context.topic("public.secure"), 2).await;
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+
+    // A CA that did not sign the server's certificate is refused, with no retry loop.
+    let wrong_ca = std::env::temp_dir().join(format!("{}-wrong-ca.pem", context.id));
+    std::fs::write(&wrong_ca, include_str!("data/unrelated-ca.pem")).unwrap();
+    let yaml = yaml.replacen(&ca, wrong_ca.to_str().unwrap(), 1);
+    let config = context.config(&yaml).unwrap();
+    let (_stop, producer) = context.spawn_producer(config);
+    let error = tokio::time::timeout(WAIT, producer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_each_problem_with_its_fix() {
+    let context = TestContext::new("check").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE good (id int PRIMARY KEY, body text);
+         CREATE TABLE keyless (a int, b int);",
+    )
+    .await
+    .unwrap();
+    let run_check = |yaml: String| {
+        let context = &context;
+        async move {
+            let path = context.write_config(&yaml).unwrap();
+            let log = path.with_file_name("check.log");
+            let _ = std::fs::remove_file(&log);
+            let mut check = Process::start(
+                "sluice-producer",
+                &["--config", path.to_str().unwrap(), "check"],
+                log,
+            )
+            .unwrap();
+            let code = check.wait(WAIT).await.unwrap();
+            (code, check.output())
+        }
+    };
+
+    let (code, output) = run_check(context.config_yaml("  - name: public.good", "")).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("ok    wal_level = logical"), "{output}");
+    assert!(output.contains("public.good: primary key (id)"), "{output}");
+    assert!(
+        output.contains(&format!("slot {} will be created by run", context.slot)),
+        "{output}"
+    );
+    assert!(
+        output.contains("WARN  public.good has TOASTable columns"),
+        "{output}"
+    );
+    assert!(output.contains("REPLICA IDENTITY FULL"), "{output}");
+
+    let (code, output) =
+        run_check(context.config_yaml("  - name: public.keyless\n  - name: public.missing", ""))
+            .await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(
+        output.contains("FAIL  public.keyless has no primary key"),
+        "{output}"
+    );
+    assert!(
+        output.contains("fix: add a primary key, or set REPLICA IDENTITY FULL"),
+        "{output}"
+    );
+    assert!(
+        output.contains("FAIL  table public.missing does not exist"),
+        "{output}"
+    );
+    assert!(output.contains("2 problem(s) block running"), "{output}");
+
+    // The same keyless table stops `run` at once with the fix, before anything is created.
+    let config = context
+        .config(&context.config_yaml("  - name: public.keyless", ""))
+        .unwrap();
+    let (_stop, producer) = context.spawn_producer(config);
+    let error = tokio::time::timeout(WAIT, producer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("public.keyless has no primary key"),
+        "{error}"
+    );
+    assert_eq!(
+        context.confirmed_lsn().await.unwrap(),
+        0,
+        "no slot may be created for a config that cannot run"
+    );
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_metrics_show_what_was_published() {
+    let context = TestContext::new("status").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE counted (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // A fixed free port, so `status` (another process) finds the running producer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = context.config_yaml("  - name: public.counted", "").replace(
+        "producer_listen: 127.0.0.1:0",
+        &format!("producer_listen: 127.0.0.1:{port}"),
+    );
+    let path = context.write_config(&yaml).unwrap();
+    let mut producer = Process::start(
+        "sluice-producer",
+        &["--config", path.to_str().unwrap(), "run"],
+        path.with_file_name("run.log"),
+    )
+    .unwrap();
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    eventually(WAIT, "producer ready", || async {
+        Ok(reqwest::get(&ready)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    db.batch_execute("INSERT INTO counted SELECT generate_series(1, 5); UPDATE counted SET id = id WHERE id = 1; DELETE FROM counted WHERE id = 2;")
+        .await
+        .unwrap();
+    wait_for_messages(&context, &context.topic("public.counted"), 8).await;
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"sluice_producer_changes_total{table="public.counted",op="insert"} 5"#,
+        r#"sluice_producer_changes_total{table="public.counted",op="update"} 1"#,
+        r#"sluice_producer_changes_total{table="public.counted",op="delete"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
+
+    let log = path.with_file_name("status.log");
+    let mut status = Process::start(
+        "sluice-producer",
+        &["--config", path.to_str().unwrap(), "status"],
+        log,
+    )
+    .unwrap();
+    assert_eq!(
+        status.wait(WAIT).await.unwrap(),
+        Some(0),
+        "{}",
+        status.output()
+    );
+    let output = status.output();
+    assert!(
+        output.contains(&format!("slot {}: streaming to pid", context.slot)),
+        "{output}"
+    );
+    assert!(
+        output.contains("public.counted: 5 inserts, 1 updates, 1 deletes"),
+        "{output}"
+    );
+    assert!(output.contains("last event: "), "{output}");
+
+    assert_eq!(
+        producer.terminate(WAIT).await.unwrap(),
+        Some(0),
+        "{}",
+        producer.output()
+    );
     context.cleanup().await.unwrap();
 }
