@@ -763,3 +763,57 @@ async fn status_and_metrics_show_what_was_published() {
     );
     context.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_added_to_the_config_joins_the_existing_publication_and_slot() {
+    let context = TestContext::new("add_table").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE first (id int PRIMARY KEY); CREATE TABLE second (id int PRIMARY KEY);",
+    )
+    .await
+    .unwrap();
+    let (stop, producer) = streaming_producer(&context, "  - name: public.first").await;
+    db.batch_execute("INSERT INTO first VALUES (1)")
+        .await
+        .unwrap();
+    wait_for_messages(&context, &context.topic("public.first"), 1).await;
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    let slot_before = context.confirmed_lsn().await.unwrap();
+
+    // Written while no producer runs: the adopted slot still has it.
+    db.batch_execute("INSERT INTO first VALUES (2)")
+        .await
+        .unwrap();
+    let (stop, producer) =
+        streaming_producer(&context, "  - name: public.first\n  - name: public.second").await;
+    db.batch_execute("INSERT INTO second VALUES (10)")
+        .await
+        .unwrap();
+    let second = wait_for_messages(&context, &context.topic("public.second"), 1).await;
+    assert_eq!(second[0].key_text(), "[10]");
+    let first = wait_for_messages(&context, &context.topic("public.first"), 2).await;
+    assert!(
+        first.iter().any(|r| r.key_text() == "[2]"),
+        "the change made while stopped was lost"
+    );
+    let published: Vec<String> = db
+        .query(
+            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
+            &[&context.publication],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(published, ["first", "second"]);
+    assert!(
+        context.confirmed_lsn().await.unwrap() >= slot_before,
+        "the slot was adopted, not recreated"
+    );
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
