@@ -97,7 +97,11 @@ impl Publisher {
             .create_with_context(DeliveryContext {
                 checkpoint: checkpoint.clone(),
             })
-            .map_err(|e| Error::Kafka(format!("cannot create the Kafka producer: {e}")))?;
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cannot create the Kafka producer: {e}; check the kafka section of the config (kafka.options in particular)"
+                ))
+            })?;
         Ok(Self {
             producer,
             checkpoint,
@@ -170,7 +174,11 @@ impl Drop for Publisher {
 pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Error> {
     let admin: AdminClient<DefaultClientContext> = client_config(config)
         .create()
-        .map_err(|e| Error::Kafka(format!("cannot create the Kafka admin client: {e}")))?;
+        .map_err(|e| {
+            Error::Setup(format!(
+                "cannot create the Kafka admin client: {e}; check the kafka section of the config (kafka.options in particular)"
+            ))
+        })?;
     let replication = config.kafka.replication_factor.map_or(-1, i32::from);
     let retention = config
         .kafka

@@ -385,6 +385,19 @@ async fn changes_of_each_key_arrive_in_order_with_tombstones_and_truncate_marker
     markers.sort_unstable();
     assert_eq!(markers, [0, 1, 2]);
 
+    // The producer created the topic compacted, so a replay yields the latest state of each row.
+    let admin = context.kafka_admin().unwrap();
+    let resource = rdkafka::admin::ResourceSpecifier::Topic(&topic);
+    let described = admin
+        .describe_configs([&resource], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    let config = described.into_iter().next().unwrap().unwrap();
+    let policy = config
+        .get("cleanup.policy")
+        .and_then(|entry| entry.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+
     // Everything read is confirmed to Postgres once Kafka has it.
     eventually(WAIT, "slot confirmed past the writes", || async {
         Ok((context.confirmed_lsn().await? >= after).then_some(()))
