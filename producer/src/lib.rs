@@ -212,6 +212,7 @@ async fn advance_slot(sql: &tokio_postgres::Client, slot: &str, lsn: u64) {
 /// moves the slot's confirmed LSN (otherwise WAL of other databases piles up behind it).
 async fn heartbeat(target: PgTarget, interval: Duration, shutdown: CancellationToken) {
     let mut client = None;
+    let mut failing = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -229,9 +230,16 @@ async fn heartbeat(target: PgTarget, interval: Duration, shutdown: CancellationT
                 &[&MESSAGE_PREFIX],
             )
             .await;
-        if let Err(error) = sent {
-            tracing::debug!(%error, "heartbeat failed; reconnecting next time");
-            client = None;
+        match sent {
+            Ok(_) => failing = false,
+            Err(error) => {
+                // Said once per failing streak: an idle database's slot does not advance meanwhile.
+                if !failing {
+                    tracing::warn!(%error, "heartbeat failed: an idle database's slot will not advance until it works (check that the role may call pg_logical_emit_message)");
+                }
+                failing = true;
+                client = None;
+            }
         }
     }
 }
