@@ -1,0 +1,111 @@
+# shellcheck shell=bash
+# Shared helpers of the bench/ scripts. Sourced, never run.
+#
+# The machine these run on is shared: other cargo builds and test runs distort every timing.
+# wait_quiet waits (up to BENCH_QUIET_TIMEOUT seconds, default 600) until no test binary
+# (target/debug/deps/…) and no rustc is running; watch_start/watch_stop record whether one
+# appeared during a measurement, so every result says whether it was disturbed.
+
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# now: seconds since the epoch, with nanoseconds.
+now() { date +%s.%N; }
+# seconds_between T0 T1 [DECIMALS]
+seconds_between() { awk -v a="$1" -v b="$2" -v d="${3:-1}" 'BEGIN { printf "%.*f", d, b - a }'; }
+# calc EXPRESSION [DECIMALS]: floating-point arithmetic through awk.
+calc() { awk "BEGIN { printf \"%.${2:-1}f\", $1 }"; }
+
+# busy: another cargo test binary or rustc is running. Processes whose command line contains
+# $OWN_MARK (set by a script for its own processes, e.g. its temporary target dir) do not count.
+OWN_MARK=${OWN_MARK:-}
+busy() {
+  local own=$OWN_MARK pid cmd
+  for pid in $(pgrep -f 'target/debug/deps/' || true) $(pgrep -x rustc || true); do
+    [ "$pid" = "$$" ] && continue
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    [ -n "$cmd" ] || continue
+    if [ -n "$own" ] && [[ "$cmd" == *"$own"* ]]; then continue; fi
+    return 0
+  done
+  return 1
+}
+
+# wait_quiet: waits until busy is false (polling every 3 s).
+wait_quiet() {
+  local timeout=${BENCH_QUIET_TIMEOUT:-600} start=$SECONDS
+  while busy; do
+    if [ $((SECONDS - start)) -ge "$timeout" ]; then
+      log "warning: other builds/tests still running after ${timeout}s: measuring anyway"
+      return 0
+    fi
+    sleep 3
+  done
+  if [ $((SECONDS - start)) -gt 0 ]; then log "waited $((SECONDS - start))s for other builds/tests to finish"; fi
+}
+
+# watch_start / watch_stop: samples busy every 2 s in the background; watch_stop
+# prints "no" or "yes (~N s)" (how long other builds/tests ran during the measurement).
+watch_start() {
+  WATCH_FILE=$(mktemp)
+  (
+    while :; do
+      if busy; then echo x >>"$WATCH_FILE"; fi
+      sleep 2
+    done
+  ) </dev/null >/dev/null 2>&1 &
+  WATCH_PID=$!
+}
+watch_stop() {
+  kill "$WATCH_PID" 2>/dev/null || true
+  wait "$WATCH_PID" 2>/dev/null || true
+  WATCH_PID=''
+  local n
+  n=$(wc -l <"$WATCH_FILE")
+  rm -f "$WATCH_FILE"
+  if [ "$n" -eq 0 ]; then echo no; else echo "yes (~$((n * 2)) s)"; fi
+}
+
+# watch_abort: stops a watcher left running (for EXIT traps).
+WATCH_PID=''
+watch_abort() {
+  if [ -n "$WATCH_PID" ]; then
+    kill "$WATCH_PID" 2>/dev/null || true
+    rm -f "$WATCH_FILE"
+  fi
+}
+
+# cpu_seconds PID: user+system CPU time the process has used so far (empty if it is gone).
+cpu_seconds() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  # Fields after the command name (which may contain spaces): state is $1, utime $12, stime $13.
+  awk -v tck="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / tck }' <<<"${stat##*) }"
+}
+
+# time_field FILE NAME: one value from a `/usr/bin/time -v` report.
+time_field() { awk -F': ' -v k="$2" '{ sub(/^[ \t]+/, "", $1) } $1 == k { print $2 }' "$1"; }
+
+# require_time: GNU time (Debian package `time`).
+require_time() {
+  [ -x /usr/bin/time ] || die "/usr/bin/time is missing: apt-get install time"
+}
+
+# machine_info: the lines docs/benchmarks.md starts with.
+machine_info() {
+  echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "cpu:     $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), nproc $(nproc)"
+  echo "memory:  $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+  echo "kernel:  $(uname -sr)"
+  echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"
+}
