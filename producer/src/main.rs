@@ -53,7 +53,13 @@ fn main() -> ExitCode {
         eprintln!("sluice-producer: {error}");
         return exit(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread for the stream: the replication transport and the pipeline hand every event
+    // over, and on one thread that is a function call instead of a cross-thread wake-up.
+    // librdkafka and blocking calls have threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("sluice-producer: cannot start the async runtime: {error}");

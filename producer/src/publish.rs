@@ -224,26 +224,33 @@ pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Erro
             }
         }
     }
-    partition_counts(&admin, &names)
+    drop(topics);
+    partition_counts(admin, names).await
 }
 
-fn partition_counts(
-    admin: &AdminClient<DefaultClientContext>,
-    topics: &[String],
+/// Blocking metadata requests run on a thread of their own (the producer's runtime has one
+/// thread for the stream).
+async fn partition_counts(
+    admin: AdminClient<DefaultClientContext>,
+    topics: Vec<String>,
 ) -> Result<HashMap<String, i32>, Error> {
-    let mut counts = HashMap::new();
-    for topic in topics {
-        let metadata = tokio::task::block_in_place(|| {
-            admin.inner().fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-        })
-        .map_err(|e| Error::Kafka(format!("cannot read metadata of topic {topic}: {e}")))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| Error::Kafka(format!("topic {topic} has no partitions yet")))?;
-        counts.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
-    }
-    Ok(counts)
+    tokio::task::spawn_blocking(move || {
+        let mut counts = HashMap::new();
+        for topic in topics {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+                .map_err(|e| Error::Kafka(format!("cannot read metadata of topic {topic}: {e}")))?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map(|t| t.partitions().len())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Error::Kafka(format!("topic {topic} has no partitions yet")))?;
+            counts.insert(topic, i32::try_from(partitions).unwrap_or(i32::MAX));
+        }
+        Ok(counts)
+    })
+    .await
+    .map_err(|e| Error::Kafka(format!("reading topic metadata: {e}")))?
 }

@@ -510,6 +510,18 @@ impl TestContext {
             .map_or(0, |v| v as u64))
     }
 
+    /// True while a walsender holds the test's slot (a producer is streaming).
+    pub async fn slot_active(&self) -> anyhow::Result<bool> {
+        let admin = self.admin_postgres().await?;
+        let row = admin
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     /// The server's current WAL position.
     pub async fn current_lsn(&self) -> anyhow::Result<u64> {
         let admin = self.admin_postgres().await?;

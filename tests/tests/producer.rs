@@ -242,8 +242,10 @@ async fn streaming_producer(
 ) {
     let config = context.config(&context.config_yaml(tables, "")).unwrap();
     let running = context.spawn_producer(config);
+    // A walsender holding the slot means setup (publication included) is done: every change
+    // committed from now on is streamed.
     eventually(WAIT, "producer streaming", || async {
-        Ok((context.confirmed_lsn().await? > 0).then_some(()))
+        Ok(context.slot_active().await?.then_some(()))
     })
     .await
     .unwrap();
