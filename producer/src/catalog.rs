@@ -587,7 +587,7 @@ pub async fn settings(client: &Client) -> Result<HashMap<String, String>, Error>
     let rows = client
         .query(
             "SELECT name, setting FROM pg_settings
-             WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version_num')",
+             WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders')",
             &[],
         )
         .await

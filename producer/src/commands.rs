@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_common::config::Config;
 
@@ -293,11 +292,7 @@ async fn check_slot(
 }
 
 async fn check_kafka(config: &Config, report: &mut Report) {
-    let mut client = ClientConfig::new();
-    for (key, value) in config.kafka.client_properties() {
-        client.set(key, value);
-    }
-    let consumer: Result<BaseConsumer, _> = client.create();
+    let consumer: Result<BaseConsumer, _> = crate::publish::client_config(config, &[]).create();
     let result = match consumer {
         Ok(consumer) => tokio::task::spawn_blocking(move || {
             consumer

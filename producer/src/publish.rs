@@ -65,8 +65,13 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-fn client_config(config: &Config) -> ClientConfig {
+/// A librdkafka config with sluice's own `settings` first and the connection, security and user
+/// `options` from the config file on top (so `kafka.options` can override anything).
+pub(crate) fn client_config(config: &Config, settings: &[(&str, String)]) -> ClientConfig {
     let mut client = ClientConfig::new();
+    for (key, value) in settings {
+        client.set(*key, value);
+    }
     for (key, value) in config.kafka.client_properties() {
         client.set(key, value);
     }
@@ -76,24 +81,24 @@ fn client_config(config: &Config) -> ClientConfig {
 impl Publisher {
     pub fn new(config: &Config, checkpoint: Arc<Checkpoint>) -> Result<Self, Error> {
         let queue = (config.producer.max_in_flight_messages * 2).max(100_000);
-        let mut client = ClientConfig::new();
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let settings = [
+            ("enable.idempotence", "true".to_owned()),
+            ("acks", "all".to_owned()),
             // Never give up on a message: while Kafka is away, nothing is confirmed to Postgres
             // and the stream reader waits at the in-flight limit.
-            .set("message.timeout.ms", "0")
-            .set("compression.type", config.kafka.compression_codec())
+            ("message.timeout.ms", "0".to_owned()),
+            (
+                "compression.type",
+                config.kafka.compression_codec().to_owned(),
+            ),
             // The Java client's partitioner: keys land where other Kafka tools expect them.
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", queue.to_string())
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("client.id", crate::catalog::APPLICATION_NAME);
-        for (key, value) in config.kafka.client_properties() {
-            client.set(key, value);
-        }
-        let producer = client
+            ("partitioner", "murmur2_random".to_owned()),
+            ("linger.ms", "5".to_owned()),
+            ("queue.buffering.max.messages", queue.to_string()),
+            ("queue.buffering.max.kbytes", "262144".to_owned()),
+            ("client.id", crate::catalog::APPLICATION_NAME.to_owned()),
+        ];
+        let producer = client_config(config, &settings)
             .create_with_context(DeliveryContext {
                 checkpoint: checkpoint.clone(),
             })
@@ -172,7 +177,7 @@ impl Drop for Publisher {
 /// Creates the topics of every configured table that do not exist yet, and returns the
 /// partition count of each (TRUNCATE markers go to every partition).
 pub async fn ensure_topics(config: &Config) -> Result<HashMap<String, i32>, Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
+    let admin: AdminClient<DefaultClientContext> = client_config(config, &[])
         .create()
         .map_err(|e| {
             Error::Setup(format!(

@@ -34,18 +34,6 @@ pub enum Op {
     Read,
 }
 
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Insert => "insert",
-            Self::Update => "update",
-            Self::Delete => "delete",
-            Self::Truncate => "truncate",
-            Self::Read => "read",
-        }
-    }
-}
-
 impl Stats {
     pub fn record(&self, table: &str, op: Op, commit_time_micros: i64) {
         if let Ok(mut tables) = self.tables.lock() {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
+use sluice_producer::stats::format_lsn;
 use sluice_proto::v1::value::Kind;
 use sluice_tests::{TestContext, connect, eventually, service};
 
@@ -58,10 +59,6 @@ async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<Hash
         }
     }
     Ok(ids)
-}
-
-fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 #[tokio::test(flavor = "multi_thread")]

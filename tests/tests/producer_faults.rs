@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_producer::stats::format_lsn;
 use sluice_proto::v1::value::Kind;
 use sluice_tests::{Process, TestContext, connect, eventually};
 
@@ -137,10 +138,6 @@ async fn wait_for_confirmed(context: &TestContext, lsn: u64, timeout: Duration, 
     )
     .await
     .unwrap()
-}
-
-fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// A log file next to the test's config.

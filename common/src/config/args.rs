@@ -67,12 +67,4 @@ impl GlobalArgs {
         }
         Ok(config)
     }
-
-    /// The address this process serves its telemetry on.
-    pub fn listen_of(config: &Config, process: Process) -> SocketAddr {
-        match process {
-            Process::Producer => config.telemetry.producer_listen,
-            Process::Consumer => config.telemetry.consumer_listen,
-        }
-    }
 }
