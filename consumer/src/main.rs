@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "sluice-consumer failed");
             eprintln!("sluice-consumer: {error}");
-            exit(EXIT_FAILURE)
+            exit(error.exit_code())
         }
     }
 }

@@ -75,19 +75,7 @@ fn write_value(out: &mut String, value: &Value) {
             }
             out.push(']');
         }
-        Some(
-            Kind::Numeric(s)
-            | Kind::Text(s)
-            | Kind::Timestamp(s)
-            | Kind::Timestamptz(s)
-            | Kind::Date(s)
-            | Kind::Time(s)
-            | Kind::Timetz(s)
-            | Kind::Interval(s)
-            | Kind::Uuid(s)
-            | Kind::Json(s)
-            | Kind::Unknown(s),
-        ) => write_string(out, s),
+        Some(kind) => write_string(out, kind.as_text().unwrap_or_default()),
     }
 }
 

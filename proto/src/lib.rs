@@ -30,6 +30,33 @@ impl v1::Value {
     }
 }
 
+impl v1::value::Kind {
+    /// The text of every kind carried as a string (numeric, text, dates and times, interval,
+    /// uuid, json, unknown); `None` for null, bool, int, double, bytes and arrays.
+    pub fn as_text(&self) -> Option<&str> {
+        use v1::value::Kind;
+        match self {
+            Kind::Numeric(s)
+            | Kind::Text(s)
+            | Kind::Timestamp(s)
+            | Kind::Timestamptz(s)
+            | Kind::Date(s)
+            | Kind::Time(s)
+            | Kind::Timetz(s)
+            | Kind::Interval(s)
+            | Kind::Uuid(s)
+            | Kind::Json(s)
+            | Kind::Unknown(s) => Some(s),
+            Kind::Null(_)
+            | Kind::Bool(_)
+            | Kind::Int(_)
+            | Kind::Double(_)
+            | Kind::Bytes(_)
+            | Kind::Array(_) => None,
+        }
+    }
+}
+
 impl From<v1::value::Kind> for v1::Value {
     fn from(kind: v1::value::Kind) -> Self {
         Self { kind: Some(kind) }

@@ -5,6 +5,8 @@
 //! its own database, replication slot, publication, topic prefix, consumer group and index names,
 //! so tests run in parallel and never share state; dropping the context removes all of them.
 
+pub mod sink;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +83,11 @@ impl TestContext {
     /// Creates the test's database and reserves its names.
     pub async fn new(test: &str) -> anyhow::Result<Self> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
+        // Logs of the in-process producer and consumer, shown with a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .try_init();
         let endpoints = Endpoints::from_env()?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = SystemTime::now()

@@ -1,0 +1,292 @@
+//! `check` and `status`.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_common::config::Config;
+
+use crate::elastic::{Client, ElasticError};
+use crate::error::Error;
+use crate::kafka;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks each sink: scripts compile (a failure is a config error, exit 2), its topic exists,
+/// the cluster answers and accepts the credentials, the index or alias exists. Prints every
+/// finding with its fix; fails when something would stop `run`.
+pub async fn check(config: Config) -> Result<(), Error> {
+    let prepared = crate::prepare(&config, None)?;
+    let mut out = String::new();
+    let mut blockers = 0;
+    for sink in &prepared {
+        let name = &sink.config.name;
+        let topic = config.topic_for(&sink.config.table);
+        let _ = writeln!(out, "sink {name}:");
+        let _ = writeln!(
+            out,
+            "  ok    filter and transform compile ({}, {})",
+            if sink.scripts.has_filter() {
+                "filter"
+            } else {
+                "no filter"
+            },
+            if sink.scripts.has_transform() {
+                "transform"
+            } else {
+                "no transform"
+            },
+        );
+        match partitions(&config, &topic).await {
+            Ok(Some(count)) => {
+                let _ = writeln!(out, "  ok    kafka topic {topic}: {count} partitions");
+            }
+            Ok(None) => {
+                let _ = writeln!(
+                    out,
+                    "  note  kafka topic {topic} does not exist yet\n        fix: start sluice-producer (it creates the topic), or check kafka.topic_prefix and the sink's table"
+                );
+            }
+            Err(error) => {
+                blockers += 1;
+                let _ = writeln!(
+                    out,
+                    "  FAIL  kafka at {}: {error}\n        fix: check kafka.brokers and kafka.security",
+                    config.kafka.brokers
+                );
+            }
+        }
+        let es = &sink.config.elasticsearch;
+        let client = match Client::new(es) {
+            Ok(client) => client,
+            Err(error) => {
+                blockers += 1;
+                let _ = writeln!(out, "  FAIL  {}: {error}", es.endpoint);
+                continue;
+            }
+        };
+        match client.info().await {
+            Ok(info) => {
+                let _ = writeln!(
+                    out,
+                    "  ok    {} {} at {}, credentials accepted",
+                    info.distribution, info.version, es.endpoint
+                );
+            }
+            Err(error) => {
+                blockers += 1;
+                let fix = match error {
+                    ElasticError::Auth { .. } => {
+                        "check elasticsearch.auth (type and value) and the key's privileges"
+                    }
+                    _ => "check elasticsearch.endpoint, ca_file, and that the cluster is up",
+                };
+                let _ = writeln!(out, "  FAIL  {}: {error}\n        fix: {fix}", es.endpoint);
+                continue;
+            }
+        }
+        match sink.template.fixed() {
+            Some(alias) => match client.exists(alias).await {
+                Ok(true) => {
+                    let _ = writeln!(out, "  ok    index {alias} exists");
+                }
+                Ok(false) => {
+                    let _ = writeln!(
+                        out,
+                        "  note  index {alias} is missing\n        fix: none needed: run creates {alias}-v1 behind the alias {alias}{}",
+                        if sink.settings.is_some() || sink.mappings.is_some() {
+                            " with the configured settings and mappings"
+                        } else {
+                            " (dynamic mapping)"
+                        }
+                    );
+                }
+                Err(error) => {
+                    blockers += 1;
+                    let _ = writeln!(out, "  FAIL  index {alias}: {error}");
+                }
+            },
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  ok    index template {} (indices {} are created as events arrive)",
+                    es.index,
+                    sink.template.pattern()
+                );
+            }
+        }
+    }
+    print!("{out}");
+    if blockers > 0 {
+        return Err(Error::Check(format!(
+            "{blockers} problem(s) would stop the consumer"
+        )));
+    }
+    println!("everything the consumer needs is in place");
+    Ok(())
+}
+
+/// The topic's partition count, `None` when it does not exist.
+async fn partitions(config: &Config, topic: &str) -> Result<Option<usize>, Error> {
+    let consumer: BaseConsumer = kafka::client_config(config, &[])
+        .create()
+        .map_err(Error::kafka)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
+            .map_err(Error::kafka)?;
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len()))
+    })
+    .await
+    .map_err(|e| Error::Kafka(e.to_string()))?
+}
+
+/// Per partition: committed offset, end offset, lag. Per sink: dead letters, and the running
+/// consumer's outcome counts when it answers.
+pub async fn status(config: Config) -> Result<(), Error> {
+    let mut out = String::new();
+    for sink in &config.sinks {
+        let topic = config.topic_for(&sink.table);
+        let _ = writeln!(
+            out,
+            "sink {} (group {}, topic {topic}):",
+            sink.name, sink.name
+        );
+        match lag(&config, &sink.name, &topic).await {
+            Ok(partitions) if partitions.is_empty() => {
+                let _ = writeln!(out, "  topic {topic} does not exist yet");
+            }
+            Ok(partitions) => {
+                let total: i64 = partitions.iter().map(|p| p.3).sum();
+                let _ = writeln!(out, "  lag: {total} messages");
+                for (partition, committed, end, lag) in partitions {
+                    let committed = committed.map_or("none".to_owned(), |c| c.to_string());
+                    let _ = writeln!(
+                        out,
+                        "    partition {partition}: committed {committed}, end {end}, lag {lag}"
+                    );
+                }
+            }
+            Err(error) => {
+                let _ = writeln!(out, "  kafka: {error}");
+            }
+        }
+        let dlq = sink.dlq_topic();
+        match lag(&config, &format!("{}.status", sink.name), &dlq).await {
+            Ok(partitions) => {
+                let size: i64 = partitions.iter().map(|p| p.2).sum();
+                let _ = writeln!(out, "  dead letters: {size} (topic {dlq})");
+            }
+            Err(error) => {
+                let _ = writeln!(out, "  dead letters: unknown ({error})");
+            }
+        }
+    }
+    let mut addr = config.telemetry.consumer_listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/status");
+    let fetched = async {
+        reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<serde_json::Value>()
+            .await
+    }
+    .await;
+    match fetched {
+        Ok(serde_json::Value::Array(sinks)) => {
+            let _ = writeln!(out, "running consumer ({url}):");
+            for sink in sinks {
+                let outcomes = &sink["outcomes"];
+                let last =
+                    sink["last_success_micros"]
+                        .as_i64()
+                        .map_or("never".to_owned(), |micros| {
+                            let ago = crate::stats::now_micros() - micros;
+                            format!("{:.1} s ago", ago as f64 / 1e6)
+                        });
+                let _ = writeln!(
+                    out,
+                    "  sink {}: indexed {}, deleted {}, stale {}, filtered {}, dead-lettered {}, retried {}; last bulk success {last}",
+                    sink["sink"].as_str().unwrap_or("?"),
+                    outcomes["indexed"],
+                    outcomes["deleted"],
+                    outcomes["stale"],
+                    outcomes["filtered"],
+                    outcomes["dead_lettered"],
+                    sink["retried"],
+                );
+            }
+        }
+        Ok(other) => {
+            let _ = writeln!(out, "running consumer ({url}): unexpected answer {other}");
+        }
+        Err(error) => {
+            let _ = writeln!(out, "no running consumer answered at {url} ({error})");
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// (partition, committed offset, end offset, lag) for `group` on `topic`; empty when the topic
+/// does not exist.
+async fn lag(
+    config: &Config,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, Option<i64>, i64, i64)>, Error> {
+    let consumer: BaseConsumer = kafka::client_config(
+        config,
+        &[
+            ("group.id", group.to_owned()),
+            ("enable.auto.commit", "false".to_owned()),
+        ],
+    )
+    .create()
+    .map_err(Error::kafka)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
+            .map_err(Error::kafka)?;
+        let Some(found) = metadata.topics().first().filter(|t| t.error().is_none()) else {
+            return Ok(Vec::new());
+        };
+        let mut list = TopicPartitionList::new();
+        for partition in found.partitions() {
+            list.add_partition(&topic, partition.id());
+        }
+        let committed = consumer
+            .committed_offsets(list, KAFKA_TIMEOUT)
+            .map_err(Error::kafka)?;
+        let mut rows = Vec::new();
+        for element in committed.elements() {
+            let partition = element.partition();
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
+                .map_err(Error::kafka)?;
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let lag = high - committed.unwrap_or(low).max(low);
+            rows.push((partition, committed, high, lag));
+        }
+        rows.sort_unstable();
+        Ok(rows)
+    })
+    .await
+    .map_err(|e| Error::Kafka(e.to_string()))?
+}

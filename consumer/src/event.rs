@@ -1,0 +1,445 @@
+//! From a decoded [`ChangeEvent`] to what a sink needs: the script input (`action`, `record`,
+//! `changes`, `metadata`), the document `_id` and the index name.
+//!
+//! Column values become JSON the way Elasticsearch maps them best: numbers stay numbers, exact
+//! numerics become JSON numbers when a double holds them exactly enough (15 significant digits)
+//! and strings otherwise, bytes become base64 (the `binary` field type), json/jsonb is embedded
+//! as JSON, and dates and times stay ISO-8601 text (dynamic mapping detects them as dates).
+
+use serde_json::{Map, Value, json};
+use sluice_common::config::Action;
+use sluice_proto::v1::{self, ChangeEvent, Op, value::Kind};
+
+/// The action a change event stands for; `None` for TRUNCATE and unknown operations.
+pub fn action(op: Op) -> Option<Action> {
+    match op {
+        Op::Insert => Some(Action::Insert),
+        Op::Update => Some(Action::Update),
+        Op::Delete => Some(Action::Delete),
+        Op::Read => Some(Action::Read),
+        Op::Truncate | Op::Unspecified => None,
+    }
+}
+
+pub fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Insert => "insert",
+        Action::Update => "update",
+        Action::Delete => "delete",
+        Action::Read => "read",
+    }
+}
+
+/// Where a message came from in Kafka (part of the script's `metadata`).
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaPosition<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The object filters and transforms see as `.`:
+/// `{"action", "record", "changes", "metadata": {database, schema, table, commit_lsn, lsn, xid,
+/// commit_time, key, unchanged_toast_columns, topic, partition, offset}}`.
+pub fn script_input(event: &ChangeEvent, action: Action, kafka: KafkaPosition<'_>) -> Value {
+    let source = event.source.clone().unwrap_or_default();
+    let position = event.position.unwrap_or_default();
+    json!({
+        "action": action_name(action),
+        "record": columns(&event.record),
+        "changes": columns(&event.changes),
+        "metadata": {
+            "database": source.database,
+            "schema": source.schema,
+            "table": source.table,
+            "commit_lsn": position.commit_lsn,
+            "lsn": position.lsn,
+            "xid": position.xid,
+            "commit_time": rfc3339_micros(position.commit_time_micros),
+            "key": columns(&event.key),
+            "unchanged_toast_columns": event.unchanged_toast_columns,
+            "topic": kafka.topic,
+            "partition": kafka.partition,
+            "offset": kafka.offset,
+        },
+    })
+}
+
+/// Columns as a JSON object, in column order.
+pub fn columns(columns: &[v1::Column]) -> Map<String, Value> {
+    columns
+        .iter()
+        .map(|c| (c.name.clone(), c.value.as_ref().map_or(Value::Null, value)))
+        .collect()
+}
+
+/// One column value as a document field.
+pub fn value(value: &v1::Value) -> Value {
+    match &value.kind {
+        None | Some(Kind::Null(_)) => Value::Null,
+        Some(Kind::Bool(b)) => Value::Bool(*b),
+        Some(Kind::Int(i)) => Value::from(*i),
+        Some(Kind::Double(d)) => serde_json::Number::from_f64(*d)
+            .map_or_else(|| Value::String(float_text(*d)), Value::Number),
+        Some(Kind::Numeric(text)) => numeric(text),
+        Some(Kind::Bytes(bytes)) => Value::String(base64(bytes)),
+        Some(Kind::Json(text)) => {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.clone()))
+        }
+        Some(Kind::Array(array)) => array.elements.iter().map(self::value).collect(),
+        Some(kind) => Value::String(kind.as_text().unwrap_or_default().to_owned()),
+    }
+}
+
+fn float_text(d: f64) -> String {
+    if d.is_nan() {
+        "NaN".to_owned()
+    } else if d > 0.0 {
+        "Infinity".to_owned()
+    } else {
+        "-Infinity".to_owned()
+    }
+}
+
+/// An exact numeric: a JSON number when at most 15 significant digits (a double holds those
+/// exactly), else the exact text, so no digit is ever silently lost.
+fn numeric(text: &str) -> Value {
+    let significant = text
+        .trim_start_matches(['-', '+'])
+        .trim_start_matches(['0', '.'])
+        .chars()
+        .filter(char::is_ascii_digit)
+        .count();
+    if significant <= 15
+        && let Ok(parsed) = text.parse::<f64>()
+        && let Some(number) = serde_json::Number::from_f64(parsed)
+    {
+        if parsed.fract() == 0.0 && parsed.abs() < 9.0e15 {
+            #[allow(clippy::cast_possible_truncation)] // integral and below 2^53
+            return Value::from(parsed as i64);
+        }
+        return Value::Number(number);
+    }
+    Value::String(text.to_owned())
+}
+
+/// Standard base64 with padding (what Elasticsearch's `binary` type reads).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn rfc3339_micros(micros: i64) -> String {
+    let seconds = micros.div_euclid(1_000_000);
+    let fraction = micros.rem_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let clock = seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:06}Z",
+        clock / 3600,
+        clock % 3600 / 60,
+        clock % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The document `_id`: the primary key (or the sink's `id_columns`, read from the record).
+///
+/// One column gives its value as text (`42`, `3f2c…`). Several are joined with `:`, and a `:`
+/// or `\` inside a value is escaped with `\`, so two different keys never share an id
+/// (`(1, "a:b")` → `1:a\:b`, `(1, "a")` → `1:a`).
+pub fn document_id(event: &ChangeEvent, id_columns: Option<&[String]>) -> Result<String, String> {
+    let parts: Vec<String> =
+        match id_columns {
+            None => {
+                if event.key.is_empty() {
+                    return Err("the event has no key columns".to_owned());
+                }
+                event
+                    .key
+                    .iter()
+                    .map(|c| id_part(&c.name, c.value.as_ref()))
+                    .collect::<Result<_, _>>()?
+            }
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    let column = event.record.iter().find(|c| &c.name == name).ok_or_else(|| {
+                    format!(
+                        "id column `{name}` is not in the event (a delete carries only the key \
+                         unless the table has REPLICA IDENTITY FULL)"
+                    )
+                })?;
+                    id_part(name, column.value.as_ref())
+                })
+                .collect::<Result<_, _>>()?,
+        };
+    if let [single] = parts.as_slice() {
+        return Ok(single.clone());
+    }
+    let mut id = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            id.push(':');
+        }
+        for c in part.chars() {
+            if c == ':' || c == '\\' {
+                id.push('\\');
+            }
+            id.push(c);
+        }
+    }
+    Ok(id)
+}
+
+fn id_part(name: &str, value: Option<&v1::Value>) -> Result<String, String> {
+    let text = match value.and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::Null(_)) => return Err(format!("id column `{name}` is null")),
+        Some(Kind::Bool(b)) => b.to_string(),
+        Some(Kind::Int(i)) => i.to_string(),
+        Some(Kind::Double(d)) => d.to_string(),
+        Some(Kind::Bytes(b)) => base64(b),
+        Some(Kind::Array(_)) => {
+            return Err(format!(
+                "id column `{name}` is an array; arrays cannot make an id"
+            ));
+        }
+        Some(kind) => kind.as_text().unwrap_or_default().to_owned(),
+    };
+    if text.len() > 512 {
+        return Err(format!(
+            "id from column `{name}` is {} bytes; Elasticsearch allows 512",
+            text.len()
+        ));
+    }
+    Ok(text)
+}
+
+/// An index name, possibly with `{{ record.field }}` / `{{ metadata.field }}` parts.
+#[derive(Debug, Clone)]
+pub struct IndexTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(String),
+    Field(Vec<String>),
+}
+
+impl IndexTemplate {
+    /// Parses `index` (its syntax was checked with the config); fields must start with
+    /// `record.` or `metadata.`.
+    pub fn parse(index: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = index;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find("}}")
+                .ok_or_else(|| format!("`{index}` opens `{{{{` without closing it"))?;
+            let field = rest[open + 2..open + close].trim();
+            let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+            if path.len() < 2
+                || !matches!(path[0].as_str(), "record" | "metadata")
+                || path.iter().any(String::is_empty)
+            {
+                return Err(format!(
+                    "`{{{{ {field} }}}}` must name a field of `record` or `metadata`, e.g. \
+                     `{{{{ record.tenant_id }}}}`"
+                ));
+            }
+            parts.push(Part::Field(path));
+            rest = &rest[open + close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The plain index name when there are no fields.
+    pub fn fixed(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [Part::Literal(name)] => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The wildcard pattern matching every index this template renders (`orders-*`).
+    pub fn pattern(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(text) => text.as_str(),
+                Part::Field(_) => "*",
+            })
+            .collect()
+    }
+
+    /// The index for one event; fields are lowercased, and a missing field or one that would
+    /// make an invalid name is an error (the event goes to the dead-letter topic).
+    pub fn render(&self, input: &Value) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Field(path) => {
+                    let mut value = input;
+                    for step in path {
+                        value = value.get(step).unwrap_or(&Value::Null);
+                    }
+                    let text = match value {
+                        Value::String(s) => s.to_lowercase(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => {
+                            return Err(format!(
+                                "index field `{}` is missing or null",
+                                path.join(".")
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "index field `{}` is not a string or number",
+                                path.join(".")
+                            ));
+                        }
+                    };
+                    if text.is_empty()
+                        || text
+                            .chars()
+                            .any(|c| c.is_whitespace() || "\\/*?\"<>|,#:".contains(c))
+                    {
+                        return Err(format!(
+                            "index field `{}` = {text:?} cannot be part of an index name",
+                            path.join(".")
+                        ));
+                    }
+                    out.push_str(&text);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use sluice_proto::v1::{ArrayValue, Column};
+
+    fn column(name: &str, kind: Kind) -> Column {
+        Column {
+            name: name.to_owned(),
+            type_name: String::new(),
+            value: Some(v1::Value::from(kind)),
+        }
+    }
+
+    #[test]
+    fn values_become_document_fields() {
+        let v = |k| value(&v1::Value::from(k));
+        assert_eq!(v(Kind::Numeric("19.99".into())), json!(19.99));
+        assert_eq!(v(Kind::Numeric("100".into())), json!(100));
+        assert_eq!(v(Kind::Numeric("0.000123".into())), json!(0.000_123));
+        let long = "1234567890123456789.5";
+        assert_eq!(v(Kind::Numeric(long.into())), json!(long));
+        assert_eq!(v(Kind::Numeric("NaN".into())), json!("NaN"));
+        assert_eq!(v(Kind::Double(f64::INFINITY)), json!("Infinity"));
+        assert_eq!(v(Kind::Bytes(b"hello".to_vec())), json!("aGVsbG8="));
+        assert_eq!(v(Kind::Bytes(vec![0xff])), json!("/w=="));
+        assert_eq!(v(Kind::Json(r#"{"a":[1]}"#.into())), json!({"a": [1]}));
+        let array = Kind::Array(ArrayValue {
+            elements: vec![v1::Value::from(Kind::Int(1)), v1::Value::null()],
+        });
+        assert_eq!(v(array), json!([1, null]));
+    }
+
+    #[test]
+    fn commit_time_is_rfc3339() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_764_028_800_123_456),
+            "2025-11-25T00:00:00.123456Z"
+        );
+        assert_eq!(rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn ids_from_keys_escape_the_separator() {
+        let mut event = ChangeEvent {
+            key: vec![column("id", Kind::Int(42))],
+            ..ChangeEvent::default()
+        };
+        assert_eq!(document_id(&event, None).unwrap(), "42");
+        event.key = vec![
+            column("a", Kind::Int(1)),
+            column("b", Kind::Text("x:y\\z".into())),
+        ];
+        assert_eq!(document_id(&event, None).unwrap(), "1:x\\:y\\\\z");
+        event.record = vec![column("sku", Kind::Text("A-1".into()))];
+        assert_eq!(
+            document_id(&event, Some(&["sku".to_owned()])).unwrap(),
+            "A-1"
+        );
+        let missing = document_id(&event, Some(&["nope".to_owned()])).unwrap_err();
+        assert!(missing.contains("`nope`"), "{missing}");
+        event.key = vec![column("id", Kind::Null(v1::Null {}))];
+        assert!(document_id(&event, None).unwrap_err().contains("null"));
+    }
+
+    #[test]
+    fn index_templates_render_and_match() {
+        let template =
+            IndexTemplate::parse("orders-{{ record.tenant }}-{{metadata.table}}").unwrap();
+        assert_eq!(template.fixed(), None);
+        assert_eq!(template.pattern(), "orders-*-*");
+        let input = json!({"record": {"tenant": "ACME"}, "metadata": {"table": "orders"}});
+        assert_eq!(template.render(&input).unwrap(), "orders-acme-orders");
+        let missing = template.render(&json!({"record": {}})).unwrap_err();
+        assert!(missing.contains("record.tenant"), "{missing}");
+        let bad = template
+            .render(&json!({"record": {"tenant": "a b"}, "metadata": {"table": "t"}}))
+            .unwrap_err();
+        assert!(bad.contains("cannot be part"), "{bad}");
+        assert_eq!(
+            IndexTemplate::parse("products").unwrap().fixed(),
+            Some("products")
+        );
+        assert!(IndexTemplate::parse("x-{{ tenant }}").is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! Outcome counters of one sink, for `/status`, `/metrics` and readiness.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sluice_common::telemetry::names;
+
+/// What finally happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Indexed,
+    Deleted,
+    /// The index already held a newer version (or a newer event of the same batch replaced it).
+    Stale,
+    /// Skipped by `actions`, the filter, or a transform returning null.
+    Filtered,
+    DeadLettered,
+    /// A tombstone: the delete before it did the work.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Indexed => "indexed",
+            Self::Deleted => "deleted",
+            Self::Stale => "stale",
+            Self::Filtered => "filtered",
+            Self::DeadLettered => "dead_lettered",
+            Self::Skipped => "skipped",
+        }
+    }
+
+    const ALL: [Self; 6] = [
+        Self::Indexed,
+        Self::Deleted,
+        Self::Stale,
+        Self::Filtered,
+        Self::DeadLettered,
+        Self::Skipped,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Self::Indexed => 0,
+            Self::Deleted => 1,
+            Self::Stale => 2,
+            Self::Filtered => 3,
+            Self::DeadLettered => 4,
+            Self::Skipped => 5,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SinkStats {
+    pub sink: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    outcomes: [AtomicU64; 6],
+    retried: AtomicU64,
+    /// Unix micros of the last bulk request that succeeded (0: none yet).
+    last_success: AtomicI64,
+    /// Unix micros when the sink started.
+    started: AtomicI64,
+    /// Per partition: messages behind the end, from the client's statistics.
+    lag: Mutex<BTreeMap<i32, i64>>,
+    /// Per partition: last committed offset.
+    committed: Mutex<BTreeMap<i32, i64>>,
+}
+
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl SinkStats {
+    pub fn new(sink: &str, topic: &str, dlq_topic: &str) -> Self {
+        Self {
+            sink: sink.to_owned(),
+            topic: topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            outcomes: Default::default(),
+            retried: AtomicU64::new(0),
+            last_success: AtomicI64::new(0),
+            started: AtomicI64::new(now_micros()),
+            lag: Mutex::new(BTreeMap::new()),
+            committed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn record(&self, outcome: Outcome, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.outcomes[outcome.index()].fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(names::CONSUMER_EVENTS, "sink" => self.sink.clone(), "outcome" => outcome.label())
+            .increment(count);
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn retried(&self, count: u64) {
+        self.retried.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(names::CONSUMER_RETRIES, "sink" => self.sink.clone()).increment(count);
+    }
+
+    pub fn bulk_succeeded(&self, seconds: f64) {
+        self.last_success.store(now_micros(), Ordering::Relaxed);
+        metrics::histogram!(names::CONSUMER_BULK_SECONDS, "sink" => self.sink.clone())
+            .record(seconds);
+    }
+
+    pub fn indexed_after_commit(&self, seconds: f64) {
+        metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => self.sink.clone())
+            .record(seconds);
+    }
+
+    pub fn set_lag(&self, partitions: BTreeMap<i32, i64>) {
+        for (partition, lag) in &partitions {
+            #[allow(clippy::cast_precision_loss)] // a gauge
+            metrics::gauge!(names::CONSUMER_LAG, "sink" => self.sink.clone(), "partition" => partition.to_string())
+                .set(*lag as f64);
+        }
+        if let Ok(mut lag) = self.lag.lock() {
+            *lag = partitions;
+        }
+    }
+
+    pub fn total_lag(&self) -> i64 {
+        self.lag.lock().map_or(0, |lag| lag.values().sum())
+    }
+
+    pub fn committed(&self, partition: i32, offset: i64) {
+        if let Ok(mut committed) = self.committed.lock() {
+            committed.insert(partition, offset);
+        }
+    }
+
+    /// Micros since the last successful bulk (or since start when none succeeded yet).
+    pub fn since_last_success(&self) -> i64 {
+        let last = self.last_success.load(Ordering::Relaxed);
+        let since = if last == 0 {
+            self.started.load(Ordering::Relaxed)
+        } else {
+            last
+        };
+        now_micros() - since
+    }
+
+    pub fn to_json(&self) -> Value {
+        let outcomes: serde_json::Map<String, Value> = Outcome::ALL
+            .iter()
+            .map(|o| (o.label().to_owned(), json!(self.count(*o))))
+            .collect();
+        let lag = self.lag.lock().map(|l| l.clone()).unwrap_or_default();
+        let committed = self.committed.lock().map(|c| c.clone()).unwrap_or_default();
+        let partitions: serde_json::Map<String, Value> = lag
+            .keys()
+            .chain(committed.keys())
+            .map(|p| {
+                (
+                    p.to_string(),
+                    json!({"lag": lag.get(p), "committed": committed.get(p)}),
+                )
+            })
+            .collect();
+        let last = self.last_success.load(Ordering::Relaxed);
+        json!({
+            "sink": self.sink,
+            "topic": self.topic,
+            "dlq_topic": self.dlq_topic,
+            "outcomes": outcomes,
+            "retried": self.retried.load(Ordering::Relaxed),
+            "last_success_micros": (last != 0).then_some(last),
+            "lag": lag.values().sum::<i64>(),
+            "partitions": partitions,
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! sluice-consumer end to end: Postgres → sluice-producer → Kafka → sluice-consumer →
+//! Elasticsearch 9 (API key) and OpenSearch 2, checked the way a user would: the documents in
+//! the index, their versions, the committed offsets, the dead-letter topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::sink::{Cluster, Doc};
+use sluice_tests::{Process, TestContext, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+const PRODUCTS: &str = "CREATE TABLE products (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    description text,
+    price numeric(10,2),
+    in_stock boolean NOT NULL,
+    supplier_secret text
+)";
+
+/// The products example of the README: filter `in_stock = true`, a transform keeping four
+/// fields.
+fn products_sink(context: &TestContext, cluster: Cluster, name: &str) -> String {
+    context.sink_yaml(
+        name,
+        "public.products",
+        cluster,
+        "products",
+        "    filter: in_stock = true\n    transform: |\n      { \"name\": .record.name, \"description\": .record.description, \"price\": .record.price, \"in_stock\": .record.in_stock }\n",
+        "",
+    )
+}
+
+/// Waits until the index holds exactly the ids in `expected` with those sources.
+async fn wait_for_documents(
+    context: &TestContext,
+    cluster: Cluster,
+    index: &str,
+    expected: &BTreeMap<String, serde_json::Value>,
+) -> BTreeMap<String, Doc> {
+    eventually(
+        WAIT,
+        &format!("index {index} holds {expected:?}"),
+        || async {
+            let docs = context.documents(cluster, index).await?;
+            let sources: BTreeMap<String, serde_json::Value> = docs
+                .iter()
+                .map(|(id, doc)| (id.clone(), doc.source.clone()))
+                .collect();
+            if &sources == expected {
+                Ok(Some(docs))
+            } else {
+                anyhow::bail!("index holds {sources:?}")
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The commit LSN of the last event of every key on `topic` (what the document's version must
+/// be).
+async fn last_versions(context: &TestContext, topic: &str) -> HashMap<String, u64> {
+    let mut versions = HashMap::new();
+    for record in context.read_topic(topic).await.unwrap() {
+        if let Some(event) = record.event
+            && let Some(position) = event.position
+        {
+            let id = event
+                .key
+                .iter()
+                .map(|c| match c.value.as_ref().and_then(|v| v.kind.as_ref()) {
+                    Some(sluice_proto::v1::value::Kind::Int(i)) => i.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join(":");
+            versions.insert(id, position.commit_lsn);
+        }
+    }
+    versions
+}
+
+async fn products_example(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(PRODUCTS).await.unwrap();
+    let yaml = context.config_yaml(
+        "  - name: public.products",
+        &format!("sinks:\n{}", products_sink(&context, cluster, "products")),
+    );
+    let config = context.config(&yaml).unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
+
+    db.batch_execute(
+        "INSERT INTO products (name, description, price, in_stock, supplier_secret) VALUES
+           ('lamp', 'a desk lamp', 19.99, true, 's1'),
+           ('chair', 'an office chair', 149.00, true, 's2'),
+           ('desk', 'a standing desk', 499.50, true, 's3'),
+           ('shelf', 'a book shelf', 89.00, false, 's4');
+         UPDATE products SET price = 139.00 WHERE name = 'chair';
+         DELETE FROM products WHERE name = 'desk';
+         UPDATE products SET in_stock = false WHERE name = 'lamp';
+         INSERT INTO products (name, description, price, in_stock) VALUES ('rug', NULL, 35.5, true);",
+    )
+    .await
+    .unwrap();
+
+    let expected: BTreeMap<String, serde_json::Value> = [
+        (
+            "2",
+            json!({"name": "chair", "description": "an office chair", "price": 139, "in_stock": true}),
+        ),
+        (
+            "5",
+            json!({"name": "rug", "description": null, "price": 35.5, "in_stock": true}),
+        ),
+    ]
+    .into_iter()
+    .map(|(id, doc)| (id.to_owned(), doc))
+    .collect();
+    let docs = wait_for_documents(&context, cluster, "products", &expected).await;
+
+    // Every document carries the commit LSN of its row's last change as its version.
+    let topic = context.topic("public.products");
+    let versions = last_versions(&context, &topic).await;
+    for (id, doc) in &docs {
+        assert_eq!(
+            Some(&doc.version),
+            versions.get(id),
+            "version of document {id}"
+        );
+    }
+    // The index is an alias over a versioned index, ready for a rebuild.
+    let (client, base) = context.cluster(cluster);
+    let aliases: serde_json::Value = client
+        .get(format!("{base}/_alias/{}", context.index("products")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        aliases
+            .get(format!("{}-v1", context.index("products")))
+            .is_some(),
+        "alias points at the -v1 index: {aliases}"
+    );
+    // Every event's outcome is final, so the group committed the whole topic.
+    context
+        .wait_committed_to_end(&context.sink_name("products"), &topic, WAIT)
+        .await
+        .unwrap();
+
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn products_example_on_elasticsearch() {
+    products_example(Cluster::Elasticsearch, "products_es").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn products_example_on_opensearch() {
+    products_example(Cluster::OpenSearch, "products_os").await;
+}
+
+/// A row whose document the mapping refuses goes to the dead-letter topic with Elasticsearch's
+/// reason; every other row is indexed and the offsets move past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mapping_conflict_dead_letters_one_event_and_the_rest_is_indexed() {
+    let context = TestContext::new("mapping_conflict").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text)")
+        .await
+        .unwrap();
+    let sink = context.sink_yaml(
+        "items",
+        "public.items",
+        Cluster::Elasticsearch,
+        "items",
+        "",
+        "      mappings: { properties: { code: { type: long } } }\n",
+    );
+    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
+    let config = context.config(&yaml).unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
+    db.batch_execute("INSERT INTO items SELECT i, (i * 10)::text FROM generate_series(1, 50) i")
+        .await
+        .unwrap();
+    let expected: BTreeMap<String, serde_json::Value> = (1..=50)
+        .map(|i| {
+            (
+                i.to_string(),
+                json!({"id": i, "code": (i * 10).to_string()}),
+            )
+        })
+        .collect();
+    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    // One update the mapping refuses, between two it accepts.
+    db.batch_execute(
+        "UPDATE items SET code = '1' WHERE id = 16;
+         UPDATE items SET code = 'not a number' WHERE id = 17;
+         UPDATE items SET code = '3' WHERE id = 18;",
+    )
+    .await
+    .unwrap();
+    let mut expected = expected;
+    expected.insert("16".to_owned(), json!({"id": 16, "code": "1"}));
+    expected.insert("18".to_owned(), json!({"id": 18, "code": "3"}));
+    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    let topic = context.topic("public.items");
+    context
+        .wait_committed_to_end(&context.sink_name("items"), &topic, WAIT)
+        .await
+        .unwrap();
+
+    let dlq = format!("{}.dlq", context.sink_name("items"));
+    let letters = context.read_raw(&dlq).await.unwrap();
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.key.as_deref(), Some(&b"[17]"[..]));
+    assert_eq!(letter.headers["sluice.dlq.stage"], "index");
+    assert_eq!(letter.headers["sluice.dlq.status"], "400");
+    assert!(
+        letter.headers["sluice.dlq.error_type"].contains("parsing_exception"),
+        "{:?}",
+        letter.headers
+    );
+    assert!(
+        letter.headers["sluice.dlq.reason"].contains("code"),
+        "the reason names the field: {:?}",
+        letter.headers
+    );
+    assert_eq!(letter.headers["sluice.dlq.attempts"], "1");
+    // The original event, untouched.
+    use sluice_proto::Message as _;
+    let event = sluice_proto::v1::ChangeEvent::decode(letter.payload.as_deref().unwrap()).unwrap();
+    assert_eq!(event.op(), sluice_proto::v1::Op::Update);
+
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+/// A message that is not a ChangeEvent goes to the dead-letter topic; the consumer neither
+/// crashes nor stops at it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_is_not_protobuf_is_dead_lettered_without_a_crash_loop() {
+    let context = TestContext::new("not_protobuf").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let sink = context.sink_yaml(
+        "notes",
+        "public.notes",
+        Cluster::OpenSearch,
+        "notes",
+        "",
+        "",
+    );
+    let yaml = context.config_yaml("  - name: public.notes", &format!("sinks:\n{sink}"));
+    let config = context.config(&yaml).unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
+    db.batch_execute("INSERT INTO notes VALUES (1, 'before')")
+        .await
+        .unwrap();
+    let topic = context.topic("public.notes");
+    eventually(WAIT, "first event on the topic", || async {
+        Ok((!context.read_topic(&topic).await?.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    context
+        .produce_raw(&topic, b"[999]", b"{\"this is\": \"json, not protobuf\"}")
+        .await
+        .unwrap();
+    db.batch_execute("INSERT INTO notes VALUES (2, 'after')")
+        .await
+        .unwrap();
+
+    let expected: BTreeMap<String, serde_json::Value> = [
+        ("1".to_owned(), json!({"id": 1, "body": "before"})),
+        ("2".to_owned(), json!({"id": 2, "body": "after"})),
+    ]
+    .into_iter()
+    .collect();
+    wait_for_documents(&context, Cluster::OpenSearch, "notes", &expected).await;
+    context
+        .wait_committed_to_end(&context.sink_name("notes"), &topic, WAIT)
+        .await
+        .unwrap();
+    let letters = context
+        .read_raw(&format!("{}.dlq", context.sink_name("notes")))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].headers["sluice.dlq.stage"], "decode");
+    assert_eq!(
+        letters[0].payload.as_deref(),
+        Some(&b"{\"this is\": \"json, not protobuf\"}"[..])
+    );
+    assert!(pipeline.consumer_running(), "the consumer keeps running");
+
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+/// A wrong API key stops the consumer with a clear message and a non-zero exit, before it
+/// commits anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_api_key_stops_the_consumer_and_commits_nothing() {
+    let context = TestContext::new("wrong_key").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE things (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let good = context.sink_yaml(
+        "things",
+        "public.things",
+        Cluster::Elasticsearch,
+        "things",
+        "",
+        "",
+    );
+    let key = context.endpoints.elasticsearch_api_key.clone().unwrap();
+    let sink = good.replace(&key, "bm90LWEta2V5Om5vdC1hLXNlY3JldA==");
+    let yaml = context.config_yaml("  - name: public.things", &format!("sinks:\n{sink}"));
+    let config = context.config(&yaml).unwrap();
+    let (producer_stop, producer) = context.spawn_producer(config);
+    context.wait_streaming().await.unwrap();
+    db.batch_execute("INSERT INTO things SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    let topic = context.topic("public.things");
+    eventually(WAIT, "events on the topic", || async {
+        Ok((context.read_topic(&topic).await?.len() >= 10).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let path = context.write_config(&yaml).unwrap();
+    let log = path.with_file_name("consumer.log");
+    let mut process = Process::start(
+        "sluice-consumer",
+        &["--config", path.to_str().unwrap(), "run"],
+        log,
+    )
+    .unwrap();
+    let code = process.wait(Duration::from_secs(60)).await.unwrap();
+    let output = process.output();
+    assert_eq!(code, Some(1), "exit code; output:\n{output}");
+    assert!(
+        output.contains("401"),
+        "says what the cluster answered:\n{output}"
+    );
+    assert!(
+        output.contains("elasticsearch.auth"),
+        "says what to fix:\n{output}"
+    );
+    let committed = context
+        .committed_offsets(&context.sink_name("things"), &topic)
+        .await
+        .unwrap();
+    assert!(committed.is_empty(), "nothing committed: {committed:?}");
+
+    producer_stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
