@@ -8,7 +8,7 @@
 #   deploy/local/elasticsearch.sh clean   stop, then delete data, logs, keystore, API key, ports
 #
 # Exports SLUICE_TEST_ELASTICSEARCH_URL, _API_KEY (the `encoded` value of an API key with all
-# privileges on non-restricted indices and cluster `monitor`), _USER (elastic) and _PASSWORD.
+# privileges on non-restricted indices and cluster `monitor` and `manage_index_templates`), _USER (elastic) and _PASSWORD.
 #
 # The unpacked distribution lives in $SLUICE_CACHE_DIR/elasticsearch (read-only for the service);
 # config (with the keystore holding bootstrap.password), data and logs in
@@ -284,8 +284,12 @@ wait_ready() {
   fi
 }
 
+# The key's name says which privileges it was made with; a key from an older script is replaced.
+API_KEY_NAME=sluice-tests-2
+
 api_key_valid() {
   [ -s "$ES_API_KEY_FILE" ] || return 1
+  [ "$(jq -r .name "$ES_API_KEY_FILE")" = "$API_KEY_NAME" ] || return 1
   local code
   code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' \
     -H "Authorization: ApiKey $(jq -r .encoded "$ES_API_KEY_FILE")" "$(base_url)/_security/_authenticate")
@@ -297,7 +301,7 @@ ensure_api_key() {
   api_key_valid && return 0
   log "creating the test API key"
   local body tmp
-  body='{"name":"sluice-tests","role_descriptors":{"sluice_tests":{"cluster":["monitor"],"indices":[{"names":["*"],"privileges":["all"]}]}}}'
+  body='{"name":"'"$API_KEY_NAME"'","role_descriptors":{"sluice_tests":{"cluster":["monitor","manage_index_templates"],"indices":[{"names":["*"],"privileges":["all"]}]}}}'
   tmp=$(mktemp "$ES_STATE/.api-key.XXXXXX")
   if ! curl -fsS --max-time 30 -u "$ES_USER:$ES_PASSWORD" -H 'Content-Type: application/json' \
     -X POST "$(base_url)/_security/api_key" -d "$body" >"$tmp"; then

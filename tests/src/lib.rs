@@ -273,6 +273,11 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
         clusters.push((reqwest::Client::new(), url.clone()));
     }
     for (client, base) in clusters {
+        // Index templates the test's sinks installed (`sluice-{sink}`).
+        let templates = format!("{base}/_index_template/sluice-{}*", context.group);
+        if let Err(error) = client.delete(&templates).send().await {
+            failures.push(format!("DELETE {templates}: {error}"));
+        }
         let url = format!("{base}/{pattern}?expand_wildcards=all&ignore_unavailable=true");
         match client.delete(&url).send().await {
             Ok(response) if response.status().is_success() || response.status() == 404 => {}

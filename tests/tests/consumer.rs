@@ -374,3 +374,229 @@ async fn a_wrong_api_key_stops_the_consumer_and_commits_nothing() {
     producer.await.unwrap().unwrap();
     context.cleanup().await.unwrap();
 }
+
+/// An update that leaves a TOASTed column out (no REPLICA IDENTITY FULL) keeps the indexed
+/// value of that column: never a placeholder, never a hole. Without an indexed document to
+/// complete, the event is dead-lettered with the fix.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
+    let context = TestContext::new("consumer_toast").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+        .await
+        .unwrap();
+    // 100 kB of random hex does not compress below the TOAST threshold: stored out of line.
+    let body: String = db
+        .query_one(
+            "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // A row from before the pipeline: never indexed (no backfill).
+    db.execute("INSERT INTO docs VALUES (2, 'old', $1)", &[&body])
+        .await
+        .unwrap();
+    let sink = context.sink_yaml("docs", "public.docs", Cluster::OpenSearch, "docs", "", "");
+    let yaml = context.config_yaml("  - name: public.docs", &format!("sinks:\n{sink}"));
+    let pipeline = context
+        .start_pipeline(context.config(&yaml).unwrap())
+        .await
+        .unwrap();
+    db.execute("INSERT INTO docs VALUES (1, 'first', $1)", &[&body])
+        .await
+        .unwrap();
+    let first: BTreeMap<String, serde_json::Value> = [(
+        "1".to_owned(),
+        json!({"id": 1, "title": "first", "body": body}),
+    )]
+    .into();
+    wait_for_documents(&context, Cluster::OpenSearch, "docs", &first).await;
+
+    db.batch_execute(
+        "UPDATE docs SET title = 'second' WHERE id = 1;
+         UPDATE docs SET title = 'newer' WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let second: BTreeMap<String, serde_json::Value> = [(
+        "1".to_owned(),
+        json!({"id": 1, "title": "second", "body": body}),
+    )]
+    .into();
+    let docs = wait_for_documents(&context, Cluster::OpenSearch, "docs", &second).await;
+    let topic = context.topic("public.docs");
+    let update = context
+        .read_topic(&topic)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.key_text() == "[1]")
+        .filter_map(|r| r.event)
+        .find(|e| e.op() == sluice_proto::v1::Op::Update)
+        .unwrap();
+    assert_eq!(
+        update.unchanged_toast_columns,
+        ["body"],
+        "the event left body out"
+    );
+    assert_eq!(docs["1"].version, update.position.unwrap().commit_lsn);
+
+    context
+        .wait_committed_to_end(&context.sink_name("docs"), &topic, WAIT)
+        .await
+        .unwrap();
+    let letters = context
+        .read_raw(&format!("{}.dlq", context.sink_name("docs")))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].key.as_deref(), Some(&b"[2]"[..]));
+    assert_eq!(
+        letters[0].headers["sluice.dlq.error_type"],
+        "partial_update_of_missing_document"
+    );
+    assert!(letters[0].headers["sluice.dlq.reason"].contains("REPLICA IDENTITY FULL"));
+
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+/// TRUNCATE deletes every document written before it; rows written after it survive.
+#[tokio::test(flavor = "multi_thread")]
+async fn truncate_removes_the_documents_written_before_it() {
+    let context = TestContext::new("consumer_truncate").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let sink = context.sink_yaml(
+        "items",
+        "public.items",
+        Cluster::Elasticsearch,
+        "items",
+        "",
+        "",
+    );
+    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
+    let pipeline = context
+        .start_pipeline(context.config(&yaml).unwrap())
+        .await
+        .unwrap();
+    db.batch_execute("INSERT INTO items SELECT i, i FROM generate_series(1, 100) i")
+        .await
+        .unwrap();
+    eventually(WAIT, "100 documents", || async {
+        let docs = context.documents(Cluster::Elasticsearch, "items").await?;
+        Ok((docs.len() == 100).then_some(()))
+    })
+    .await
+    .unwrap();
+    db.batch_execute("TRUNCATE items").await.unwrap();
+    db.batch_execute("INSERT INTO items SELECT i, i FROM generate_series(101, 110) i")
+        .await
+        .unwrap();
+    let expected: BTreeMap<String, serde_json::Value> = (101..=110)
+        .map(|i| (i.to_string(), json!({"id": i, "v": i})))
+        .collect();
+    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    context
+        .wait_committed_to_end(
+            &context.sink_name("items"),
+            &context.topic("public.items"),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+/// A per-tenant index template (with mappings installed as an index template) and a second
+/// sink of the same table keyed by another column, in one process.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_tenant_indices_and_id_columns() {
+    let context = TestContext::new("tenants").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE orders (tenant text, id int, sku text NOT NULL, PRIMARY KEY (tenant, id))",
+    )
+    .await
+    .unwrap();
+    let by_tenant = context.sink_yaml(
+        "by-tenant",
+        "public.orders",
+        Cluster::Elasticsearch,
+        "orders-{{ record.tenant }}",
+        "",
+        "      mappings: { properties: { sku: { type: keyword } } }\n",
+    );
+    let by_sku = context.sink_yaml(
+        "by-sku",
+        "public.orders",
+        Cluster::Elasticsearch,
+        "skus",
+        "    id_columns: [sku]\n",
+        "",
+    );
+    let yaml = context.config_yaml(
+        "  - name: public.orders",
+        &format!("sinks:\n{by_tenant}{by_sku}"),
+    );
+    let pipeline = context
+        .start_pipeline(context.config(&yaml).unwrap())
+        .await
+        .unwrap();
+    db.batch_execute(
+        "INSERT INTO orders VALUES ('Acme', 1, 'A-1'), ('Acme', 2, 'A:2'), ('globex', 1, 'G-1')",
+    )
+    .await
+    .unwrap();
+    let acme: BTreeMap<String, serde_json::Value> = [
+        ("Acme:1", json!({"tenant": "Acme", "id": 1, "sku": "A-1"})),
+        ("Acme:2", json!({"tenant": "Acme", "id": 2, "sku": "A:2"})),
+    ]
+    .into_iter()
+    .map(|(id, doc)| (id.to_owned(), doc))
+    .collect();
+    wait_for_documents(&context, Cluster::Elasticsearch, "orders-acme", &acme).await;
+    let globex: BTreeMap<String, serde_json::Value> = [(
+        "globex:1".to_owned(),
+        json!({"tenant": "globex", "id": 1, "sku": "G-1"}),
+    )]
+    .into();
+    wait_for_documents(&context, Cluster::Elasticsearch, "orders-globex", &globex).await;
+    let skus: Vec<String> = wait_for_documents(
+        &context,
+        Cluster::Elasticsearch,
+        "skus",
+        &[("A-1", "Acme", 1), ("A:2", "Acme", 2), ("G-1", "globex", 1)]
+            .into_iter()
+            .map(|(sku, tenant, id)| {
+                (
+                    sku.to_owned(),
+                    json!({"tenant": tenant, "id": id, "sku": sku}),
+                )
+            })
+            .collect(),
+    )
+    .await
+    .into_keys()
+    .collect();
+    assert_eq!(skus, ["A-1", "A:2", "G-1"]);
+    // The template's mappings applied to the indices it created.
+    let (client, base) = context.cluster(Cluster::Elasticsearch);
+    let mapping: serde_json::Value = client
+        .get(format!("{base}/{}/_mapping", context.index("orders-acme")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sku_type = &mapping[context.index("orders-acme")]["mappings"]["properties"]["sku"]["type"];
+    assert_eq!(sku_type, "keyword", "{mapping}");
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}

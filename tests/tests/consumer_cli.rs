@@ -1,0 +1,138 @@
+//! sluice-consumer's command line as a user meets it: a script that does not compile is a
+//! configuration error (exit 2, before connecting), `check` says what is wrong, `status` shows
+//! lag and outcome counts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::time::Duration;
+
+use sluice_tests::sink::Cluster;
+use sluice_tests::{Process, TestContext, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn run_consumer(context: &TestContext, yaml: &str, args: &[&str]) -> (Option<i32>, String) {
+    let path = context.write_config(yaml).unwrap();
+    let log = path.with_file_name(format!("consumer-{}.log", args.join("-")));
+    let mut full = vec!["--config", path.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let mut process = Process::start("sluice-consumer", &full, log).unwrap();
+    let code = process.wait(Duration::from_secs(60)).await.unwrap();
+    (code, process.output())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transform_that_does_not_compile_exits_2_naming_line_and_column_before_connecting() {
+    let context = TestContext::new("bad_transform").await.unwrap();
+    // Nothing listens on port 1: a process that tried to connect would not exit at once.
+    let yaml = "postgres:\n  url: postgres://nobody@127.0.0.1:1/db\n\
+                kafka:\n  brokers: 127.0.0.1:1\n\
+                tables:\n  - name: public.products\n\
+                sinks:\n  - name: products\n    table: public.products\n    filter: price >\n    transform: |\n      {\n        \"name\": upcase(.record.name)\n      }\n    elasticsearch:\n      endpoint: http://127.0.0.1:1\n      index: products\n";
+    let started = std::time::Instant::now();
+    let (code, output) = run_consumer(&context, yaml, &["run"]).await;
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "exited at once"
+    );
+    assert!(output.contains("sinks[0].transform"), "{output}");
+    assert!(
+        output.contains("line 2, column"),
+        "names the position: {output}"
+    );
+    assert!(
+        output.contains("sinks[0].filter"),
+        "every problem at once: {output}"
+    );
+    assert!(output.contains("fix:"), "{output}");
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_what_is_ready_and_what_is_wrong() {
+    let context = TestContext::new("consumer_check").await.unwrap();
+    let good = context.sink_yaml(
+        "products",
+        "public.products",
+        Cluster::Elasticsearch,
+        "products",
+        "    filter: in_stock = true\n",
+        "",
+    );
+    let yaml = context.config_yaml("  - name: public.products", &format!("sinks:\n{good}"));
+    let (code, output) = run_consumer(&context, &yaml, &["check"]).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("filter and transform compile (filter, no transform)"),
+        "{output}"
+    );
+    assert!(output.contains("does not exist yet"), "the topic: {output}");
+    assert!(output.contains("credentials accepted"), "{output}");
+    assert!(
+        output.contains(&format!("index {} is missing", context.index("products"))),
+        "{output}"
+    );
+
+    let key = context.endpoints.elasticsearch_api_key.clone().unwrap();
+    let wrong = yaml.replace(&key, "bm90LWEta2V5Om5vdC1hLXNlY3JldA==");
+    let (code, output) = run_consumer(&context, &wrong, &["check"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("FAIL"), "{output}");
+    assert!(
+        output.contains("elasticsearch.auth"),
+        "says what to fix: {output}"
+    );
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
+    let context = TestContext::new("consumer_status").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute("CREATE TABLE things (id int PRIMARY KEY, n int)")
+        .await
+        .unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let sink = context.sink_yaml(
+        "things",
+        "public.things",
+        Cluster::OpenSearch,
+        "things",
+        "    filter: n > 2\n",
+        "",
+    );
+    let yaml = context
+        .config_yaml("  - name: public.things", &format!("sinks:\n{sink}"))
+        .replace(
+            "consumer_listen: 127.0.0.1:0",
+            &format!("consumer_listen: 127.0.0.1:{port}"),
+        );
+    let pipeline = context
+        .start_pipeline(context.config(&yaml).unwrap())
+        .await
+        .unwrap();
+    db.batch_execute("INSERT INTO things SELECT i, i FROM generate_series(1, 10) i")
+        .await
+        .unwrap();
+    let topic = context.topic("public.things");
+    context
+        .wait_committed_to_end(&context.sink_name("things"), &topic, WAIT)
+        .await
+        .unwrap();
+    let output = eventually(WAIT, "status with the counts", || async {
+        let (code, output) = run_consumer(&context, &yaml, &["status"]).await;
+        anyhow::ensure!(code == Some(0), "exit {code:?}: {output}");
+        Ok(output.contains("indexed 8, deleted 0").then_some(output))
+    })
+    .await
+    .unwrap();
+    assert!(output.contains("lag: 0 messages"), "{output}");
+    assert!(output.contains("filtered 2"), "{output}");
+    assert!(output.contains("dead letters: 0"), "{output}");
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
