@@ -603,6 +603,12 @@ impl Reader {
                             }
                         }
                     } else {
+                        let document = without_toast_dependents(
+                            &shared.scripts,
+                            &input,
+                            &event.unchanged_toast_columns,
+                            document,
+                        );
                         (Write::Partial(document), Outcome::Indexed)
                     }
                 }
@@ -735,6 +741,41 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// The fields of a partial document that do not depend on the unchanged TOAST columns.
+///
+/// The transform saw the record without those columns, so a field it computed from them holds
+/// a stand-in (null, a default), which must not overwrite the indexed value. Running the
+/// transform again with a marker in each missing column shows which fields depend on them:
+/// those that come out different are dropped, and the stored document keeps its values.
+fn without_toast_dependents(
+    scripts: &Scripts,
+    input: &Value,
+    unchanged: &[String],
+    mut document: Map<String, Value>,
+) -> Map<String, Value> {
+    if !scripts.has_transform() {
+        return document;
+    }
+    let mut marked = input.clone();
+    if let Some(record) = marked.get_mut("record").and_then(Value::as_object_mut) {
+        for column in unchanged {
+            record.insert(
+                column.clone(),
+                Value::String(format!("\u{0}sluice-unchanged-toast:{column}\u{0}")),
+            );
+        }
+    }
+    match scripts.apply(&marked) {
+        Ok(Verdict::Document(with_marker)) => {
+            document.retain(|field, value| with_marker.get(field) == Some(value));
+        }
+        // The transform fails on the marker (it parses the column, say): keep only the fields
+        // named after a column the event carries.
+        _ => document.retain(|field, _| input["record"].get(field).is_some()),
+    }
+    document
 }
 
 /// Retries a dead letter until Kafka takes it (or shutdown).

@@ -399,7 +399,19 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
         .await
         .unwrap();
     let sink = context.sink_yaml("docs", "public.docs", Cluster::OpenSearch, "docs", "", "");
-    let yaml = context.config_yaml("  - name: public.docs", &format!("sinks:\n{sink}"));
+    // A transform that derives a field from the TOASTed column.
+    let previews = context.sink_yaml(
+        "previews",
+        "public.docs",
+        Cluster::OpenSearch,
+        "previews",
+        "    transform: |\n      { \"title\": .record.title, \"preview\": slice(string(.record.body) ?? \"\", 0, 8) ?? \"\" }\n",
+        "",
+    );
+    let yaml = context.config_yaml(
+        "  - name: public.docs",
+        &format!("sinks:\n{sink}{previews}"),
+    );
     let pipeline = context
         .start_pipeline(context.config(&yaml).unwrap())
         .await
@@ -442,6 +454,14 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
         "the event left body out"
     );
     assert_eq!(docs["1"].version, update.position.unwrap().commit_lsn);
+    // The derived field keeps its indexed value: the transform's stand-in for the missing
+    // column never reaches the document.
+    let previews: BTreeMap<String, serde_json::Value> = [(
+        "1".to_owned(),
+        json!({"title": "second", "preview": body[..8]}),
+    )]
+    .into();
+    wait_for_documents(&context, Cluster::OpenSearch, "previews", &previews).await;
 
     context
         .wait_committed_to_end(&context.sink_name("docs"), &topic, WAIT)
