@@ -124,6 +124,7 @@ impl Checkpoint {
             }
             advance(s);
         });
+        self.progress.notify_waiters();
     }
 
     /// The LSN that may be confirmed to Postgres now.
@@ -149,6 +150,21 @@ impl Checkpoint {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Waits until the confirmable LSN passes `commit_lsn`, the commit record of a transaction:
+    /// then every message of that transaction is acknowledged. Fails when a delivery failed.
+    pub async fn wait_confirmable_past(&self, commit_lsn: u64) -> Result<(), String> {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.with(|s| (s.confirmable > commit_lsn, s.failure.clone())) {
+                (_, Some(failure)) => return Err(failure),
+                (true, None) => return Ok(()),
+                (false, None) => notified.await,
+            }
         }
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_common::config::Config;
 
+use crate::backfill::control;
+use crate::backfill::worker_checks;
 use crate::catalog::{self, PgTarget, quote_table};
 use crate::error::Error;
 use crate::stats::format_lsn;
@@ -341,6 +343,7 @@ pub async fn status(config: Config) -> Result<(), Error> {
             let _ = writeln!(out, "  lag: {} bytes", state.lag_bytes);
         }
     }
+    let jobs = control::recent(&sql, slot, 20).await?;
     let mut addr = config.telemetry.producer_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -360,6 +363,8 @@ pub async fn status(config: Config) -> Result<(), Error> {
     .await;
     match fetched {
         Ok(running) => {
+            let live = running["backfills"].as_array().cloned().unwrap_or_default();
+            render_backfills(&mut out, &jobs, &live);
             let last = running["last_event_unix_micros"].as_i64().map_or(
                 "none yet".to_owned(),
                 |micros| {
@@ -388,6 +393,7 @@ pub async fn status(config: Config) -> Result<(), Error> {
             }
         }
         Err(error) => {
+            render_backfills(&mut out, &jobs, &[]);
             let _ = writeln!(out, "producer at {addr}: not reachable ({error})");
         }
     }
@@ -396,15 +402,93 @@ pub async fn status(config: Config) -> Result<(), Error> {
 }
 
 /// Asks the running producer to backfill `table`, optionally only rows matching `condition`.
-// Async because starting a backfill talks to Postgres; lands with the backfill feature.
-#[allow(clippy::unused_async)]
+///
+/// Everything is checked before anything is written: the table must be in the config and have
+/// a key to page by, and the condition must work on the table (Postgres's own message when it
+/// does not). The backfill is then queued in the control table, and the running producer is told
+/// through the WAL in the same transaction; it starts at once, without a restart (or when the
+/// producer next runs).
 pub async fn backfill(
     config: Config,
     table: String,
     condition: Option<String>,
 ) -> Result<(), Error> {
-    let _ = (config, table, condition);
-    Err(Error::Command(
-        "on-demand backfills are not available in this build yet".to_owned(),
-    ))
+    let condition = condition.filter(|c| !c.trim().is_empty());
+    let Some(table_config) = config.table(&table) else {
+        let known: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::Command(format!(
+            "table {table} is not in `tables` of the config (it has {}): add it there and restart              the producer first, since only captured tables can be backfilled",
+            known.join(", ")
+        )));
+    };
+    let (schema, name) = table_config.schema_and_table();
+    let quoted = quote_table(schema, name);
+    let target = PgTarget::from_config(&config.postgres)?;
+    let mut sql = target.connect().await?;
+    worker_checks::key_columns(&sql, &config, &table).await?;
+    if let Some(condition) = &condition {
+        worker_checks::validate_condition(&sql, &quoted, condition).await?;
+    }
+    let estimate = worker_checks::estimate(&sql, &quoted, condition.as_deref()).await?;
+    control::ensure(&sql).await?;
+    let id = control::request(
+        &mut sql,
+        &config.postgres.slot,
+        &table,
+        condition.as_deref(),
+        estimate,
+    )
+    .await?;
+    let what = match &condition {
+        Some(condition) => format!("rows of {table} where {condition}"),
+        None => format!("every row of {table}"),
+    };
+    println!(
+        "backfill {id} queued: {what} (about {} rows); follow it with `sluice-producer status`",
+        estimate.unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// One line per backfill: the control table's state, with the running producer's fresher
+/// count, rate and ETA when it has them.
+fn render_backfills(out: &mut String, jobs: &[control::Job], live: &[serde_json::Value]) {
+    if jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "backfills:");
+    for job in jobs {
+        let running = live.iter().find(|l| l["id"].as_i64() == Some(job.id));
+        let rows_done = running
+            .and_then(|l| l["rows_done"].as_i64())
+            .unwrap_or(job.rows_done)
+            .max(job.rows_done);
+        let total = job
+            .rows_total
+            .or_else(|| running.and_then(|l| l["rows_total"].as_i64()));
+        let mut line = format!("  {} {}", job.id, job.table);
+        if let Some(condition) = &job.condition {
+            let _ = write!(line, " where {condition}");
+        }
+        let _ = write!(line, ": {}, {rows_done} rows", job.state);
+        if let Some(total) = total.filter(|t| *t > 0) {
+            let percent = (rows_done as f64 * 100.0 / total as f64).min(100.0);
+            let _ = write!(line, " of ~{total} ({percent:.0}%)");
+        }
+        if job.state == "running" {
+            match running {
+                Some(l) => {
+                    let _ = write!(line, ", {} rows/s", l["rows_per_second"]);
+                    if let Some(eta) = l["eta_seconds"].as_u64() {
+                        let _ = write!(line, ", ETA {eta}s");
+                    }
+                }
+                None => line.push_str(", waiting for the producer"),
+            }
+        }
+        if let Some(error) = &job.error {
+            let _ = write!(line, " ({error})");
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }

@@ -279,6 +279,31 @@ pub fn delete(
     ])
 }
 
+/// A row read by a backfill, `values` in column order, `key` its encoded Kafka key. It carries
+/// the position of its chunk's high watermark (commit LSN and time); `lsn` and `xid` are 0.
+pub fn read(rel: &RelationInfo, at: At<'_>, key: Vec<u8>, values: Vec<Value>) -> Outgoing {
+    let key_values: Vec<Value> = rel
+        .key
+        .iter()
+        .map(|&i| values.get(i).cloned().unwrap_or_else(Value::null))
+        .collect();
+    let mut event = rel.event(Op::Read, at, &key_values);
+    if let Some(position) = event.position.as_mut() {
+        position.lsn = 0;
+        position.xid = 0;
+    }
+    event.record = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| rel.column(i, v))
+        .collect();
+    Outgoing {
+        key,
+        value: Some(event.encode_to_vec()),
+        partition: None,
+    }
+}
+
 /// One marker per partition of the table's topic.
 pub fn truncate(rel: &RelationInfo, at: At<'_>) -> Vec<Outgoing> {
     (0..rel.partitions.max(1))
@@ -498,6 +523,41 @@ mod tests {
                 partition: None
             }
         );
+    }
+
+    #[test]
+    fn a_backfilled_row_is_a_read_at_its_watermark_with_the_live_key() {
+        let tx = tx();
+        let at = At {
+            tx: &tx,
+            lsn: 0,
+            index: 4,
+        };
+        let live = insert(
+            &rel(),
+            at,
+            &Tuple(vec![text("42"), text("widget"), TupleValue::Null]),
+        )
+        .unwrap();
+        let values = vec![
+            parse_text(&TypeKind::Int, "42"),
+            parse_text(&TypeKind::Text, "widget"),
+            Value::null(),
+        ];
+        let out = read(&rel(), at, live[0].key.clone(), values);
+        let event = decode(&out);
+        assert_eq!(event.op(), Op::Read);
+        let position = event.position.unwrap();
+        assert_eq!(
+            (position.commit_lsn, position.lsn, position.xid),
+            (1000, 0, 0)
+        );
+        let live_event = decode(&live[0]);
+        assert_eq!(
+            event.record, live_event.record,
+            "same typed values as a live insert"
+        );
+        assert_eq!(event.key, live_event.key);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! sluice-producer: Postgres logical replication and backfills → protobuf ChangeEvents on Kafka.
 //!
 //! The binary is a thin wrapper; everything runs through [`run`], [`check`], [`status`] and
-//! [`backfill`], which tests call with their own shutdown token. [`run`] only wires the stages
-//! together: [`replication`] (transport) → [`pgoutput`] (decode) → [`encode`] (ChangeEvent) →
-//! [`publish`] (Kafka) → [`checkpoint`] (confirm LSN).
+//! [`backfill()`], which tests call with their own shutdown token. [`run`] only wires the stages
+//! together: [`replication`] (transport) → [`pgoutput`] (decode) → [`mod@backfill`] (watermarks)
+//! → [`encode`] (ChangeEvent) → [`publish`] (Kafka) → [`checkpoint`] (confirm LSN).
 
+pub mod backfill;
 pub mod catalog;
 pub mod checkpoint;
 mod commands;
@@ -27,6 +28,7 @@ use sluice_common::config::Config;
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::{self, Health};
 
+use crate::backfill::Backfills;
 use crate::catalog::PgTarget;
 use crate::checkpoint::Checkpoint;
 use crate::publish::Publisher;
@@ -44,9 +46,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let target = PgTarget::from_config(&config.postgres)?;
     let health = Health::new();
     let stats = Arc::new(Stats::default());
+    let backfills = Arc::new(Backfills::new());
     let status = {
-        let stats = stats.clone();
-        Arc::new(move || stats.to_json()) as telemetry::StatusFn
+        let (stats, backfills) = (stats.clone(), backfills.clone());
+        Arc::new(move || {
+            let mut status = stats.to_json();
+            status["backfills"] = backfills.to_json();
+            status
+        }) as telemetry::StatusFn
     };
     telemetry::serve(
         config.telemetry.producer_listen,
@@ -65,12 +72,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         publisher,
         checkpoint.clone(),
         stats,
+        backfills.clone(),
     );
     let heartbeat = tokio::spawn(heartbeat(
         target.clone(),
         config.producer.heartbeat_interval.get(),
         shutdown.clone(),
     ));
+    let backfill_shutdown = shutdown.child_token();
+    let backfill_thread = spawn_backfills(
+        target.clone(),
+        config.clone(),
+        backfills,
+        checkpoint.clone(),
+        backfill_shutdown.clone(),
+    )?;
+    // Also when this future is dropped instead of finishing.
+    let _stop_backfills = backfill_shutdown.clone().drop_guard();
 
     let mut backoff = new_backoff();
     let result = loop {
@@ -104,7 +122,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }
     };
     heartbeat.abort();
+    backfill_shutdown.cancel();
+    // The manager returns at once when cancelled; its runtime drops the workers.
+    let _ = tokio::task::spawn_blocking(move || backfill_thread.join()).await;
     result
+}
+
+/// Runs the backfill manager and its workers on a thread and runtime of their own: reading and
+/// typing chunk rows then runs beside the stream, which encodes and publishes them, instead of
+/// taking turns with it on the stream's thread.
+fn spawn_backfills(
+    target: PgTarget,
+    config: Arc<Config>,
+    backfills: Arc<Backfills>,
+    checkpoint: Arc<Checkpoint>,
+    shutdown: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Setup(format!("cannot start the backfill runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("sluice-backfill".to_owned())
+        .spawn(move || {
+            runtime.block_on(backfill::manage(
+                target, config, backfills, checkpoint, shutdown,
+            ));
+        })
+        .map_err(|e| Error::Setup(format!("cannot start the backfill thread: {e}")))
 }
 
 fn new_backoff() -> impl Iterator<Item = Duration> {
@@ -145,7 +190,9 @@ async fn session(
     tracing::info!(slot = %settings.slot, from = %stats::format_lsn(settings.start_lsn), "streaming changes");
     health.set_ready();
 
+    state.backfills.set_streaming(true);
     let result = state.run(&mut source, &sql, shutdown).await;
+    state.backfills.set_streaming(false);
     let mut stopped_at = None;
     let outcome = match result {
         Ok(()) => {

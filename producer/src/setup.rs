@@ -1,6 +1,8 @@
 //! Setup before streaming: every configured table exists and has a key, the publication covers
-//! them all (a table added to the config is added to the publication), and the slot exists.
-//! Existing publications and slots are adopted, never recreated.
+//! them all (a table added to the config is added to the publication), the slot exists, and so
+//! does the backfill control table, with the initial backfill of every `backfill: true` table
+//! queued (once per slot and table). Existing publications and slots are adopted, never
+//! recreated.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,9 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<(Tables, u64), 
     let tables = tables(client, config).await?;
     publication(client, config).await?;
     let confirmed = slot(client, config).await?;
+    // After the slot: a watermark written before the slot existed would never be seen.
+    crate::backfill::control::ensure(client).await?;
+    crate::backfill::control::register_initial(client, config).await?;
     Ok((tables, confirmed))
 }
 

@@ -36,6 +36,11 @@ pub enum Op {
 
 impl Stats {
     pub fn record(&self, table: &str, op: Op, commit_time_micros: i64) {
+        self.record_many(table, op, 1, commit_time_micros);
+    }
+
+    /// `n` events of one kind at once (a backfill chunk).
+    pub fn record_many(&self, table: &str, op: Op, n: u64, commit_time_micros: i64) {
         if let Ok(mut tables) = self.tables.lock() {
             // The hot path finds the table without allocating its name.
             if !tables.contains_key(table) {
@@ -45,11 +50,11 @@ impl Stats {
                 return;
             };
             match op {
-                Op::Insert => counts.insert += 1,
-                Op::Update => counts.update += 1,
-                Op::Delete => counts.delete += 1,
-                Op::Truncate => counts.truncate += 1,
-                Op::Read => counts.read += 1,
+                Op::Insert => counts.insert += n,
+                Op::Update => counts.update += n,
+                Op::Delete => counts.delete += n,
+                Op::Truncate => counts.truncate += n,
+                Op::Read => counts.read += n,
             }
         }
         self.last_event_micros

@@ -11,6 +11,11 @@
 //! which pgoutput announces in Begin (`final_lsn`), so changes are published as they are read,
 //! without holding whole transactions in memory. The slot is confirmed with the commit's
 //! *end* LSN once every message of that transaction (and of all before it) is acknowledged.
+//!
+//! Logical messages with the `sluice` prefix steer the producer: heartbeats (ignored here),
+//! backfill watermarks and backfill requests. Between a chunk's low and high watermark every
+//! published key of the table is noted; at the high watermark the chunk's untouched rows are
+//! published as READ events inside the watermark's transaction (see [`crate::backfill`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +26,7 @@ use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
 use tokio_postgres::Client;
 
+use crate::backfill::{Backfills, ChunkId, Outcome, Signal};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::Checkpoint;
 use crate::encode::{self, At, ColumnInfo, Outgoing, RelationInfo, TxInfo};
@@ -53,6 +59,7 @@ pub struct StreamState {
     pub publisher: Arc<Publisher>,
     pub checkpoint: Arc<Checkpoint>,
     pub stats: Arc<Stats>,
+    pub backfills: Arc<Backfills>,
     relations: HashMap<u32, Option<Arc<Captured>>>,
     types: HashMap<u32, (String, TypeKind)>,
     bytes: Counter,
@@ -71,6 +78,7 @@ impl StreamState {
         publisher: Arc<Publisher>,
         checkpoint: Arc<Checkpoint>,
         stats: Arc<Stats>,
+        backfills: Arc<Backfills>,
     ) -> Self {
         Self {
             config,
@@ -80,6 +88,7 @@ impl StreamState {
             publisher,
             checkpoint,
             stats,
+            backfills,
             relations: HashMap::new(),
             types: HashMap::new(),
             bytes: metrics::counter!(names::PRODUCER_BYTES),
@@ -94,6 +103,8 @@ impl StreamState {
         shutdown: &CancellationToken,
     ) -> Result<(), Error> {
         let mut open: Option<OpenTx> = None;
+        // The stream resumes from the confirmed LSN, possibly inside a backfill window.
+        self.backfills.session_started();
         let mut ticker = tokio::time::interval(self.config.producer.status_interval.get());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -144,12 +155,85 @@ impl StreamState {
                     metrics::gauge!(names::PRODUCER_REPLICATION_LAG_BYTES).set(lag as f64);
                     self.confirm(source);
                 }
-                WalEvent::Message { .. } => self.confirm(source),
+                WalEvent::Message {
+                    prefix, content, ..
+                } => {
+                    if prefix == MESSAGE_PREFIX {
+                        self.signal(Signal::parse(&content), open.as_mut()).await?;
+                    }
+                    self.confirm(source);
+                }
             }
             if let Some(failure) = self.checkpoint.failure() {
                 return Err(Error::KafkaFatal(failure));
             }
         }
+    }
+
+    /// Acts on one of sluice's own logical messages.
+    async fn signal(&mut self, signal: Signal, tx: Option<&mut OpenTx>) -> Result<(), Error> {
+        match signal {
+            Signal::Low(id) => self.backfills.on_low(id),
+            Signal::High(id) => {
+                if let Some(tx) = tx {
+                    self.publish_chunk(id, tx).await?;
+                }
+            }
+            Signal::Requested(id) => {
+                tracing::debug!(backfill = id, "backfill requested");
+                self.backfills.wake();
+            }
+            Signal::Heartbeat | Signal::Other => {}
+        }
+        Ok(())
+    }
+
+    /// At a high watermark: the chunk's rows the window did not touch, as READ events of the
+    /// watermark's transaction, versioned with its commit LSN.
+    async fn publish_chunk(&mut self, id: ChunkId, tx: &mut OpenTx) -> Result<(), Error> {
+        let Some((chunk, done)) = self.backfills.on_high(id) else {
+            return Ok(());
+        };
+        let rows = chunk.rows.len();
+        // Told before publishing, so the worker reads the next chunk meanwhile; it learns that
+        // these rows are acknowledged from the checkpoint, through the commit LSN.
+        let _ = done.send(Outcome::Published {
+            commit_lsn: tx.info.commit_lsn,
+            rows,
+        });
+        let relation = chunk.relation;
+        for row in chunk.rows {
+            let at = At {
+                tx: &tx.info,
+                lsn: 0,
+                index: tx.index,
+            };
+            let out = encode::read(&relation, at, row.key, row.values);
+            self.checkpoint
+                .wait_below(self.config.producer.max_in_flight_messages)
+                .await;
+            let bytes = out.value.as_ref().map_or(0, Vec::len) + out.key.len();
+            self.publisher
+                .send(
+                    &relation.topic,
+                    &out.key,
+                    out.value.as_deref(),
+                    None,
+                    tx.seq,
+                )
+                .await?;
+            self.bytes.increment(bytes as u64);
+            tx.index += 1;
+        }
+        self.stats.record_many(
+            &chunk.table,
+            stats::Op::Read,
+            rows as u64,
+            tx.info.commit_time_micros,
+        );
+        metrics::counter!(names::PRODUCER_BACKFILL_ROWS, "table" => chunk.table)
+            .increment(rows as u64);
+        Ok(())
     }
 
     fn confirm<S: WalSource>(&self, source: &S) {
@@ -188,6 +272,9 @@ impl StreamState {
                             index: tx.index,
                         };
                         let out = encode::truncate(&captured.info, at);
+                        if self.backfills.watching() {
+                            self.backfills.on_truncate(&captured.name);
+                        }
                         self.publish(&captured, out, tx.seq).await?;
                         captured.counters[3].increment(1);
                         self.stats.record(
@@ -241,6 +328,10 @@ impl StreamState {
             _ => return Ok(()),
         };
         let out = encoded.map_err(|e| Error::Setup(e.to_string()))?;
+        if self.backfills.watching() {
+            self.backfills
+                .on_changes(&captured.name, out.iter().map(|o| o.key.as_slice()));
+        }
         self.checkpoint
             .wait_below(self.config.producer.max_in_flight_messages)
             .await;

@@ -5,6 +5,7 @@
 //! its own database, replication slot, publication, topic prefix, consumer group and index names,
 //! so tests run in parallel and never share state; dropping the context removes all of them.
 
+pub mod fold;
 pub mod sink;
 
 use std::sync::atomic::{AtomicU32, Ordering};

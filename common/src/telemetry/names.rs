@@ -10,6 +10,10 @@ pub const PRODUCER_CONFIRMED_LSN: &str = "sluice_producer_confirmed_lsn";
 pub const PRODUCER_KAFKA_ERRORS: &str = "sluice_producer_kafka_delivery_errors_total";
 pub const PRODUCER_IN_FLIGHT: &str = "sluice_producer_in_flight_messages";
 pub const PRODUCER_BACKFILL_ROWS: &str = "sluice_producer_backfill_rows_total";
+pub const PRODUCER_BACKFILL_ROWS_READ: &str = "sluice_producer_backfill_rows_read_total";
+pub const PRODUCER_BACKFILL_CHUNKS: &str = "sluice_producer_backfill_chunks_total";
+pub const PRODUCER_BACKFILL_REMAINING_ROWS: &str = "sluice_producer_backfill_remaining_rows";
+pub const PRODUCER_BACKFILLS_RUNNING: &str = "sluice_producer_backfills_running";
 
 // Consumer.
 pub const CONSUMER_EVENTS: &str = "sluice_consumer_events_total";
@@ -45,7 +49,23 @@ pub fn describe() {
     );
     describe_counter!(
         PRODUCER_BACKFILL_ROWS,
-        "Rows emitted by backfills, by table"
+        "Rows emitted by backfills as READ events, by table"
+    );
+    describe_counter!(
+        PRODUCER_BACKFILL_ROWS_READ,
+        "Rows read by backfills (emitted or superseded by a live change), by table"
+    );
+    describe_counter!(
+        PRODUCER_BACKFILL_CHUNKS,
+        "Backfill chunks by table and outcome (published, discarded after a reconnect)"
+    );
+    describe_gauge!(
+        PRODUCER_BACKFILL_REMAINING_ROWS,
+        "Estimated rows a running backfill still has to read, by table"
+    );
+    describe_gauge!(
+        PRODUCER_BACKFILLS_RUNNING,
+        "Backfills running in this producer"
     );
     describe_counter!(
         CONSUMER_EVENTS,

@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Measures how fast sluice-producer backfills a table into Kafka, against reading the same table
+# with `COPY (SELECT …) TO STDOUT (FORMAT binary)` to /dev/null (the read limit: Postgres's own
+# fastest way out, nothing done with the bytes).
+#
+# One run, with no other producer on the database:
+#   1. a fresh database with `rows(id bigint primary key, payload text)`, BENCH_ROWS rows
+#      (default 5,000,000) of 480 hex characters (15 md5s, so compression cannot cheat): about
+#      500 bytes per row on the wire; then VACUUM ANALYZE, so neither reader sets hint bits;
+#   2. COPY (SELECT id, payload FROM rows ORDER BY id) TO STDOUT (FORMAT binary) > /dev/null with
+#      psql, twice (the first warms the cache); the second is the read limit;
+#   3. target/release/sluice-producer run with `backfill: true` on the table (chunk size
+#      BENCH_CHUNK, default 10000; 6 partitions; no rate limit) under /usr/bin/time -v, until
+#      sluice.backfills says `done` (polled every 200 ms); the backfill's rate is rows / the
+#      time between the producer's start and `done`; then SIGTERM and the peak RSS;
+#   4. the topic's messages are counted (they must be BENCH_ROWS), then the slot, the database
+#      and the topic are dropped (also when the run fails).
+#
+#   bench/producer-backfill.sh
+#
+# Needs Postgres and Kafka from deploy/local (`eval "$(deploy/local/up.sh postgres kafka)"`);
+# their SLUICE_TEST_* variables are read from the environment or from the running services.
+# Builds the producer with `cargo build --release -p sluice-producer` (not timed).
+# Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
+# plain TCP), BENCH_TIMEOUT (seconds, default 3600), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
+# BENCH_LOG_DIR (keep the producer log and time -v report there).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+N=${BENCH_ROWS:-5000000}
+CHUNK=${BENCH_CHUNK:-10000}
+SSLMODE=${BENCH_SSLMODE:-verify-ca}
+TIMEOUT=${BENCH_TIMEOUT:-3600}
+SLUICE_CACHE_DIR=${SLUICE_CACHE_DIR:-/var/cache/sluice}
+KAFKA_LIBS=$SLUICE_CACHE_DIR/kafka/${SLUICE_KAFKA_VERSION:-4.4.0}/libs
+require_time
+
+if [ -z "${SLUICE_TEST_PG_URL:-}" ]; then
+  pg_env=$("$REPO_DIR/deploy/local/postgres.sh" env) ||
+    die "Postgres is not running: eval \"\$(deploy/local/up.sh postgres kafka)\""
+  eval "$pg_env"
+fi
+if [ -z "${SLUICE_TEST_KAFKA_BROKERS:-}" ]; then
+  kafka_env=$("$REPO_DIR/deploy/local/kafka.sh" env) ||
+    die "Kafka is not running: eval \"\$(deploy/local/up.sh postgres kafka)\""
+  eval "$kafka_env"
+fi
+PSQL=$SLUICE_TEST_PG_BINDIR/psql
+BROKERS=$SLUICE_TEST_KAFKA_BROKERS
+[ -f "$KAFKA_LIBS/kafka-clients-${SLUICE_KAFKA_VERSION:-4.4.0}.jar" ] || die "no Kafka jars in $KAFKA_LIBS"
+JAVA=java
+if [ -n "${JAVA_HOME:-}" ]; then JAVA=$JAVA_HOME/bin/java; fi
+
+PG_BASE=${SLUICE_TEST_PG_URL%/*}
+LIBPQ_SSL="sslmode=$SSLMODE"
+case $SSLMODE in
+  verify-ca | verify-full) LIBPQ_SSL+="&sslrootcert=$SLUICE_TEST_PG_CA" ;;
+esac
+ADMIN_URL="$PG_BASE/postgres?$LIBPQ_SSL"
+WORK=$(mktemp -d)
+
+CLEAN_DB='' CLEAN_SLOT='' CLEAN_TOPIC='' PRODUCER_PID=''
+admin_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "$1"; }
+
+cleanup() {
+  watch_abort
+  if [ -n "$PRODUCER_PID" ] && kill -0 "$PRODUCER_PID" 2>/dev/null; then
+    kill -TERM "$PRODUCER_PID" 2>/dev/null || true
+    sleep 2
+    kill -KILL "$PRODUCER_PID" 2>/dev/null || true
+  fi
+  if [ -n "$CLEAN_SLOT" ]; then
+    for _ in $(seq 1 50); do
+      admin_sql "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$CLEAN_SLOT'" \
+        >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+  fi
+  if [ -n "$CLEAN_DB" ]; then
+    admin_sql "DROP DATABASE IF EXISTS $CLEAN_DB WITH (FORCE)" || log "could not drop database $CLEAN_DB"
+  fi
+  if [ -n "$CLEAN_TOPIC" ]; then
+    kafka_tool delete "$CLEAN_TOPIC" >/dev/null 2>>"$WORK/kafka-tool.err" || log "could not delete topic $CLEAN_TOPIC"
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# kafka_tool count|delete TOPIC: "PARTITIONS MESSAGES", or deletes it.
+cat >"$WORK/KafkaTool.java" <<'JAVA'
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.concurrent.TimeUnit;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.OffsetSpec;
+import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.TopicPartitionInfo;
+
+public class KafkaTool {
+  public static void main(String[] args) throws Exception {
+    Properties p = new Properties();
+    p.put("bootstrap.servers", args[1]);
+    String topic = args[2];
+    try (Admin admin = Admin.create(p)) {
+      if (args[0].equals("delete")) {
+        admin.deleteTopics(List.of(topic)).all().get(60, TimeUnit.SECONDS);
+        return;
+      }
+      TopicDescription d = admin.describeTopics(List.of(topic)).allTopicNames().get(60, TimeUnit.SECONDS).get(topic);
+      Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
+      Map<TopicPartition, OffsetSpec> earliest = new HashMap<>();
+      for (TopicPartitionInfo part : d.partitions()) {
+        latest.put(new TopicPartition(topic, part.partition()), OffsetSpec.latest());
+        earliest.put(new TopicPartition(topic, part.partition()), OffsetSpec.earliest());
+      }
+      long messages = 0;
+      for (var e : admin.listOffsets(latest).all().get(60, TimeUnit.SECONDS).values()) messages += e.offset();
+      for (var e : admin.listOffsets(earliest).all().get(60, TimeUnit.SECONDS).values()) messages -= e.offset();
+      System.out.println(d.partitions().size() + " " + messages);
+    }
+  }
+}
+JAVA
+kafka_tool() {
+  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" "$WORK/KafkaTool.java" "$1" "$BROKERS" "$2"
+}
+
+log "building the producer: cargo build --release -p sluice-producer (not timed)"
+(cd "$REPO_DIR" && cargo build -q --release -p sluice-producer)
+PRODUCER=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/sluice-producer
+[ -x "$PRODUCER" ] || die "no $PRODUCER"
+SOURCE_STATE="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+if [ -n "$(git -C "$REPO_DIR" status --porcelain -- producer common proto 2>/dev/null)" ]; then
+  SOURCE_STATE+=" with uncommitted changes in producer/common/proto"
+fi
+
+id="bench_bf_$(date +%s)"
+db="sluice_$id" slot="${id}" topic="$id.public.rows"
+db_url="$PG_BASE/$db?$LIBPQ_SSL"
+
+log "database $db: filling $N rows of ~500 bytes"
+admin_sql "CREATE DATABASE $db"
+CLEAN_DB=$db
+t0=$(now)
+"$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$db_url" >/dev/null <<SQL
+CREATE TABLE rows (id bigint PRIMARY KEY, payload text);
+INSERT INTO rows SELECT g, md5(g || 'a') || md5(g || 'b') || md5(g || 'c') || md5(g || 'd')
+  || md5(g || 'e') || md5(g || 'f') || md5(g || 'g') || md5(g || 'h') || md5(g || 'i')
+  || md5(g || 'j') || md5(g || 'k') || md5(g || 'l') || md5(g || 'm') || md5(g || 'n') || md5(g || 'o')
+  FROM generate_series(1, $N) g;
+VACUUM ANALYZE rows;
+SQL
+fill_s=$(seconds_between "$t0" "$(now)")
+table_mb=$("$PSQL" -X -At "$db_url" -c "SELECT round(pg_table_size('rows') / 1048576.0)")
+log "filled in ${fill_s}s: table $table_mb MB"
+
+# (a) COPY … (FORMAT binary) to /dev/null: warm-up, then timed.
+copy_sql="COPY (SELECT id, payload FROM rows ORDER BY id) TO STDOUT (FORMAT binary)"
+"$PSQL" -X -q "$db_url" -c "$copy_sql" >/dev/null
+wait_quiet
+log "COPY (FORMAT binary) to /dev/null"
+watch_start
+t0=$(now)
+"$PSQL" -X -q "$db_url" -c "$copy_sql" >/dev/null
+t1=$(now)
+c_dist=$(watch_stop)
+c_wall=$(seconds_between "$t0" "$t1" 2)
+log "COPY: ${c_wall}s"
+
+# (b) sluice-producer backfill.
+cat >"$WORK/sluice.yaml" <<YAML
+postgres:
+  url: $PG_BASE/$db?sslmode=$SSLMODE
+$(case $SSLMODE in verify-ca | verify-full) echo "  ca_file: $SLUICE_TEST_PG_CA" ;; esac)
+  slot: $slot
+  publication: $id
+kafka:
+  brokers: $BROKERS
+  topic_prefix: $id
+  partitions: 6
+tables:
+  - name: public.rows
+    backfill: true
+producer:
+  backfill_chunk_size: $CHUNK
+  status_interval: 1s
+YAML
+CLEAN_SLOT=$slot CLEAN_TOPIC=$topic
+wait_quiet
+log "sluice-producer: backfill of $N rows, chunks of $CHUNK"
+watch_start
+t0=$(now)
+/usr/bin/time -v -o "$WORK/sluice.time" "$PRODUCER" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run \
+  2>"$WORK/producer.log" &
+timed=$!
+while [ -z "$PRODUCER_PID" ] && kill -0 "$timed" 2>/dev/null; do
+  PRODUCER_PID=$(pgrep -P "$timed" || true)
+  sleep 0.02
+done
+[ -n "$PRODUCER_PID" ] || {
+  cat "$WORK/producer.log" >&2
+  die "the producer did not start"
+}
+# The producer creates the control table at setup; \watch stops at the first error.
+until [ "$("$PSQL" -X -At "$db_url" -c "SELECT to_regclass('sluice.backfills') IS NOT NULL" 2>/dev/null)" = t ]; do
+  kill -0 "$PRODUCER_PID" 2>/dev/null || break
+  sleep 0.1
+done
+t1='' s_started=''
+while read -r state; do
+  if [ -z "$s_started" ] && [ -n "$state" ]; then s_started=$(now); fi
+  if [ "$state" = done ]; then
+    t1=$(now)
+    break
+  fi
+  if ! kill -0 "$PRODUCER_PID" 2>/dev/null; then break; fi
+  if [ "$(seconds_between "$t0" "$(now)" 0)" -gt "$TIMEOUT" ]; then break; fi
+done < <(printf '%s\n' "SELECT coalesce((SELECT state FROM sluice.backfills LIMIT 1), '')" '\watch 0.2' |
+  "$PSQL" -X -At "$db_url" 2>/dev/null)
+s_dist=$(watch_stop)
+if [ -z "$t1" ]; then
+  tail -n 30 "$WORK/producer.log" >&2
+  die "the backfill did not finish (the producer exited or ${TIMEOUT}s passed)"
+fi
+"$PRODUCER" --config "$WORK/sluice.yaml" status >"$WORK/status.txt" 2>&1 || true
+kill -TERM "$PRODUCER_PID"
+wait "$timed" || log "the producer exited with status $? after SIGTERM"
+PRODUCER_PID=
+s_wall=$(seconds_between "$t0" "$t1" 2)
+in_pg=$("$PSQL" -X -At "$db_url" -c "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 2) FROM sluice.backfills")
+s_user=$(time_field "$WORK/sluice.time" 'User time (seconds)')
+s_sys=$(time_field "$WORK/sluice.time" 'System time (seconds)')
+s_rss=$(time_field "$WORK/sluice.time" 'Maximum resident set size (kbytes)')
+counted=$(kafka_tool count "$topic" 2>>"$WORK/kafka-tool.err") || die "could not count the messages of $topic"
+messages=${counted#* }
+[ "$messages" = "$N" ] || log "warning: $topic holds $messages messages, expected $N"
+
+c_rate=$(calc "$N / $c_wall" 0)
+s_rate=$(calc "$N / $s_wall" 0)
+if [ -n "${BENCH_LOG_DIR:-}" ]; then
+  mkdir -p "$BENCH_LOG_DIR"
+  cp "$WORK/producer.log" "$WORK/sluice.time" "$WORK/status.txt" "$BENCH_LOG_DIR/" 2>/dev/null || true
+fi
+
+echo
+machine_info
+echo "source:  $SOURCE_STATE"
+echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; chunks of $CHUNK rows"
+echo
+echo "| reader | wall (s) | rows/s | ÷ COPY | CPU s (user+sys) | peak RSS (MB) | other builds/tests running |"
+echo "|---|---:|---:|---:|---:|---:|---|"
+echo "| COPY (FORMAT binary) > /dev/null | $c_wall | $c_rate | | | | $c_dist |"
+echo "| sluice-producer backfill | $s_wall | $s_rate | $(calc "$s_rate / $c_rate" 2) | $(calc "$s_user + $s_sys" 1) | $(calc "$s_rss / 1024" 1) | $s_dist |"
+echo
+echo "producer start to backfill done ${s_wall}s (started_at to finished_at in sluice.backfills: ${in_pg}s); topic: ${counted% *} partitions, $messages messages"
+echo "status just before the end:"
+sed 's/^/    /' "$WORK/status.txt"

@@ -1,0 +1,800 @@
+//! Backfill workers: the manager starts one per table with a backfill to run; each reads its
+//! table chunk by chunk between watermarks.
+//!
+//! One chunk, as a worker sees it:
+//!
+//! ```text
+//!  wait until Kafka acknowledged the chunk before the previous one
+//!    ─▶ BEGIN; UPDATE progress (acknowledged chunks); LOW; COMMIT
+//!    ─▶ SELECT … WHERE key > last AND (condition) ORDER BY key LIMIT n
+//!    ─▶ hand the rows to the stream ─▶ HIGH ─▶ wait for the stream's Outcome at HIGH
+//! ```
+//!
+//! The stream reports the Outcome before it publishes the rows, so the next chunk is read while
+//! this one is encoded and acknowledged (workers run on a thread of their own). Progress written
+//! with a low watermark is that of chunks Kafka has acknowledged, so a producer killed at any
+//! moment resumes at most two chunks back. Rows are read with the simple query
+//! protocol, which returns every value as its type's output function prints it: exactly the text
+//! pgoutput sends (both connections run with the same session settings), typed by the same
+//! parser as live changes. The rate limit is shared by all workers.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+use sluice_common::config::Config;
+use sluice_common::shutdown::CancellationToken;
+use sluice_common::telemetry::names;
+use sluice_proto::key;
+use sluice_proto::v1::Value;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::control::{self, Job, literal};
+use super::{Backfills, Chunk, ChunkId, ChunkRow, Outcome, watermark};
+use crate::catalog::{self, PgTarget, quote_ident, quote_table};
+use crate::checkpoint::Checkpoint;
+use crate::encode::{ColumnInfo, RelationInfo};
+use crate::error::Error;
+use crate::pgoutput::{self, TypeKind, parse_text};
+use crate::stream::MESSAGE_PREFIX;
+
+/// Chunks in flight: the next chunk is read while Kafka acknowledges the previous one, never
+/// further ahead, so a restart reads at most this many chunks again.
+const PIPELINE: usize = 2;
+
+/// How often the manager looks at the control table without being woken.
+const SCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What every worker shares.
+#[derive(Debug)]
+struct Context {
+    target: PgTarget,
+    config: Arc<Config>,
+    backfills: Arc<Backfills>,
+    checkpoint: Arc<Checkpoint>,
+    shutdown: CancellationToken,
+    limiter: Limiter,
+}
+
+/// Runs the backfills of the control table until `shutdown`: those queued at setup
+/// (`tables[].backfill`), those requested with `sluice-producer backfill`, and those a previous
+/// producer left unfinished. Starts once the first stream session runs.
+pub async fn manage(
+    target: PgTarget,
+    config: Arc<Config>,
+    backfills: Arc<Backfills>,
+    checkpoint: Arc<Checkpoint>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = backfills.wait_streaming() => {}
+        () = shutdown.cancelled() => return,
+    }
+    let context = Arc::new(Context {
+        limiter: Limiter::new(config.producer.backfill_max_rows_per_second),
+        target,
+        config,
+        backfills,
+        checkpoint,
+        shutdown,
+    });
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut sql: Option<Client> = None;
+    loop {
+        running.retain(|_, worker| !worker.is_finished());
+        if sql.is_none() {
+            sql = context.target.connect().await.ok();
+        }
+        if let Some(client) = &sql {
+            match control::unfinished(client, &context.config.postgres.slot).await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        if running.contains_key(&job.table) {
+                            continue; // one backfill per table at a time, oldest first
+                        }
+                        if context.config.table(&job.table).is_none() {
+                            let reason = "the table is not in `tables` of the config any more";
+                            tracing::warn!(backfill = job.id, table = %job.table, "{reason}: backfill failed");
+                            let _ = control::fail(client, job.id, reason).await;
+                            continue;
+                        }
+                        let table = job.table.clone();
+                        running.insert(table, tokio::spawn(work(context.clone(), job)));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the backfill control table: retrying");
+                    sql = None;
+                }
+            }
+        }
+        metrics::gauge!(names::PRODUCER_BACKFILLS_RUNNING).set(running.len() as f64);
+        tokio::select! {
+            () = context.backfills.wake.notified() => {}
+            () = tokio::time::sleep(SCAN_INTERVAL) => {}
+            () = context.shutdown.cancelled() => break,
+        }
+    }
+    for worker in running.values() {
+        worker.abort();
+    }
+}
+
+/// Where one backfill stands in this process.
+#[derive(Debug)]
+struct JobState {
+    id: i64,
+    table: String,
+    condition: Option<String>,
+    started: bool,
+    rows_total: Option<i64>,
+    /// Where the next chunk starts, and the rows read up to there.
+    read_key: Option<Vec<String>>,
+    read_rows: u64,
+    /// Progress Kafka has acknowledged: what may be persisted.
+    acked_key: Option<Vec<String>>,
+    acked_rows: u64,
+    /// Published chunks not known to be acknowledged, oldest first: the commit LSN of each one's
+    /// high watermark, and the progress it completes.
+    unacked: VecDeque<(u64, Option<Vec<String>>, u64)>,
+    next_chunk: u64,
+}
+
+/// Runs one backfill to its end, retrying transient failures; a definite one fails it.
+async fn work(context: Arc<Context>, job: Job) {
+    let rows_done = u64::try_from(job.rows_done).unwrap_or(0);
+    let mut state = JobState {
+        id: job.id,
+        table: job.table.clone(),
+        condition: job.condition.clone(),
+        started: job.state == "running",
+        rows_total: job.rows_total,
+        read_key: job.last_key.clone(),
+        read_rows: rows_done,
+        acked_key: job.last_key,
+        acked_rows: rows_done,
+        unacked: VecDeque::new(),
+        next_chunk: 0,
+    };
+    context.backfills.start_progress(
+        job.id,
+        &job.table,
+        job.condition.as_deref(),
+        rows_done,
+        job.rows_total.and_then(|t| u64::try_from(t).ok()),
+    );
+    tracing::info!(backfill = job.id, table = %job.table, condition = ?job.condition, resume_after = ?state.read_key, "backfill started");
+    let mut backoff = new_backoff();
+    loop {
+        let result = tokio::select! {
+            result = run(&context, &mut state) => result,
+            () = context.shutdown.cancelled() => return,
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(backfill = state.id, table = %state.table, rows = state.acked_rows, "backfill done");
+                context
+                    .backfills
+                    .set_progress(state.id, |p| p.state = "done");
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(backfill = state.id, table = %state.table, %error, retry_in = ?delay, "backfill interrupted: retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = context.shutdown.cancelled() => return,
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(backfill = state.id, table = %state.table, error = %reason, "backfill failed");
+                context.backfills.set_progress(state.id, |p| {
+                    p.state = "failed";
+                    p.error = Some(reason.clone());
+                });
+                if let Ok(sql) = context.target.connect().await {
+                    let _ = control::fail(&sql, state.id, &reason).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Removes a registered chunk when its worker stops waiting for it (error or shutdown).
+struct Registered<'a> {
+    backfills: &'a Backfills,
+    id: ChunkId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.backfills.forget(self.id);
+    }
+}
+
+/// The table as a backfill reads it.
+#[derive(Debug)]
+struct Shape {
+    relation: Arc<RelationInfo>,
+    /// Column name and type OID, to notice schema changes.
+    columns: Vec<(String, u32)>,
+    /// `format_type` of each key column, for the typed literals of the last key.
+    key_types: Vec<String>,
+}
+
+async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
+    let sql = context.target.connect().await?;
+    let Some(table) = context.config.table(&state.table) else {
+        return Err(Error::Setup(format!(
+            "table {} is not in `tables` of the config any more",
+            state.table
+        )));
+    };
+    let (schema, name) = table.schema_and_table();
+    let key_columns = key_columns(&sql, &context.config, &state.table).await?;
+    let quoted = quote_table(schema, name);
+    let condition = state.condition.clone();
+    if let Some(condition) = &condition {
+        validate_condition(&sql, &quoted, condition).await?;
+    }
+    if !state.started {
+        let total = estimate(&sql, &quoted, condition.as_deref()).await?;
+        control::start(&sql, state.id, total).await?;
+        state.started = true;
+        state.rows_total = total;
+        context.backfills.set_progress(state.id, |p| {
+            p.rows_total = total.and_then(|t| u64::try_from(t).ok());
+        });
+    }
+    let chunk_size = context.config.producer.backfill_chunk_size;
+    let limit = match context.config.producer.backfill_max_rows_per_second {
+        Some(rate) => chunk_size.min(rate),
+        None => chunk_size,
+    };
+    let labels = [("table", state.table.clone())];
+    let rows_read = metrics::counter!(names::PRODUCER_BACKFILL_ROWS_READ, &labels);
+    let published = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "published");
+    let discarded = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "discarded");
+    let remaining = metrics::gauge!(names::PRODUCER_BACKFILL_REMAINING_ROWS, &labels);
+    let mut types: HashMap<u32, (String, TypeKind)> = HashMap::new();
+    let mut shape: Option<Arc<Shape>> = None;
+    let mut long_running: HashSet<u64> = HashSet::new();
+    loop {
+        context.limiter.acquire(limit).await;
+        // Progress of acknowledged chunks goes with the next low watermark; wait only when the
+        // pipeline is full.
+        acknowledged(context, state, PIPELINE - 1).await?;
+        let current = describe(
+            &sql,
+            context,
+            (schema, name),
+            &key_columns,
+            &mut types,
+            shape.take(),
+        )
+        .await?;
+        let shape = &**shape.insert(current);
+
+        let id = ChunkId {
+            run: context.backfills.run_token(),
+            backfill: state.id,
+            chunk: state.next_chunk,
+        };
+        state.next_chunk += 1;
+        let outcome = context.backfills.register(id, &state.table);
+        let _registered = Registered {
+            backfills: &context.backfills,
+            id,
+        };
+        sql.batch_execute(&format!(
+            "{}; SELECT pg_logical_emit_message(true, {}, {})",
+            control::progress_sql(state.id, state.acked_key.as_deref(), state.acked_rows),
+            literal(MESSAGE_PREFIX),
+            literal(&watermark("low", id))
+        ))
+        .await
+        .map_err(|e| Error::postgres("writing a low watermark", e))?;
+
+        let query = chunk_query(
+            &quoted,
+            shape,
+            &key_columns,
+            state.read_key.as_deref(),
+            condition.as_deref(),
+            limit,
+        );
+        settled_snapshot(&sql, &mut long_running).await?;
+        let messages = sql
+            .simple_query(&format!("{query}; COMMIT"))
+            .await
+            .map_err(|e| Error::postgres(format!("reading a chunk of {}", state.table), e))?;
+        let (rows, last_key) = parse_rows(shape, &messages);
+        let Some(last_key) = last_key else {
+            // Nothing after the last key: finished once Kafka has every chunk.
+            acknowledged(context, state, 0).await?;
+            control::finish(&sql, state.id, state.acked_key.as_deref(), state.acked_rows).await?;
+            remaining.set(0.0);
+            return Ok(());
+        };
+        let read = rows.len() as u64;
+        rows_read.increment(read);
+        context.backfills.fill(
+            id,
+            Chunk {
+                relation: shape.relation.clone(),
+                table: state.table.clone(),
+                rows,
+            },
+        );
+        sql.batch_execute(&format!(
+            "SELECT pg_logical_emit_message(true, {}, {})",
+            literal(MESSAGE_PREFIX),
+            literal(&watermark("high", id))
+        ))
+        .await
+        .map_err(|e| Error::postgres("writing a high watermark", e))?;
+
+        match outcome.await.unwrap_or(Outcome::Discarded) {
+            Outcome::Published { commit_lsn, rows } => {
+                published.increment(1);
+                state.read_key = Some(last_key);
+                state.read_rows += read;
+                state
+                    .unacked
+                    .push_back((commit_lsn, state.read_key.clone(), state.read_rows));
+                let done = state.read_rows;
+                context.backfills.set_progress(state.id, |p| {
+                    p.rows_done = done;
+                    p.rows_this_run += read;
+                });
+                if let Some(total) = state.rows_total {
+                    remaining.set((total as f64 - done as f64).max(0.0));
+                }
+                tracing::debug!(
+                    backfill = state.id,
+                    chunk = id.chunk,
+                    read,
+                    published = rows,
+                    "chunk published"
+                );
+            }
+            Outcome::Discarded => {
+                discarded.increment(1);
+                tracing::debug!(
+                    backfill = state.id,
+                    chunk = id.chunk,
+                    "chunk discarded: the stream reconnected inside its window, reading it again"
+                );
+            }
+        }
+    }
+}
+
+/// How long a chunk read waits for transactions that were finishing when its low watermark
+/// committed; one still running after this is a long transaction that had not committed yet.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Opens the REPEATABLE READ transaction the chunk is read in, with a snapshot that sees every
+/// transaction whose commit record precedes the low watermark.
+///
+/// Postgres writes a commit record, flushes it, and only then makes the transaction visible, so
+/// right after the low watermark committed, a transaction that committed just before it may still
+/// be invisible. Its changes precede the window, so a chunk read without it would be published
+/// with the old row and a newer version. Such transactions are in the snapshot's in-progress
+/// list: wait (briefly) until none of them is, taking a fresh snapshot each time.
+async fn settled_snapshot(sql: &Client, long_running: &mut HashSet<u64>) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut finishing: Option<HashSet<u64>> = None;
+    loop {
+        let messages = sql
+            .simple_query(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_current_snapshot()::text",
+            )
+            .await
+            .map_err(|e| Error::postgres("taking a chunk's snapshot", e))?;
+        let in_progress = messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(snapshot_in_progress),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let waiting: HashSet<u64> = match &finishing {
+            // The first snapshot, taken after the low watermark committed, names them.
+            None => in_progress
+                .into_iter()
+                .filter(|xid| !long_running.contains(xid))
+                .collect(),
+            Some(finishing) => in_progress
+                .into_iter()
+                .filter(|xid| finishing.contains(xid))
+                .collect(),
+        };
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Still running after a second: not finishing, just long. Not waited for again.
+            long_running.extend(waiting);
+            return Ok(());
+        }
+        sql.batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| Error::postgres("taking a chunk's snapshot", e))?;
+        finishing = Some(waiting);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The in-progress transaction ids of `pg_current_snapshot()`'s text, `xmin:xmax:xip,…`.
+fn snapshot_in_progress(text: &str) -> Vec<u64> {
+    text.rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|xid| xid.trim().parse().ok())
+        .collect()
+}
+
+/// Moves the progress of every chunk Kafka acknowledged into `acked_*`, waiting until at most
+/// `in_flight` chunks remain unacknowledged.
+async fn acknowledged(
+    context: &Context,
+    state: &mut JobState,
+    in_flight: usize,
+) -> Result<(), Error> {
+    while let Some((commit_lsn, _, _)) = state.unacked.front() {
+        let commit_lsn = *commit_lsn;
+        if state.unacked.len() > in_flight {
+            context
+                .checkpoint
+                .wait_confirmable_past(commit_lsn)
+                .await
+                .map_err(Error::KafkaFatal)?;
+        } else if context.checkpoint.confirmable() <= commit_lsn {
+            break;
+        }
+        if let Some((_, key, rows)) = state.unacked.pop_front() {
+            state.acked_key = key;
+            state.acked_rows = rows;
+        }
+    }
+    Ok(())
+}
+
+/// The key columns a backfill pages by: `tables[].key`, else the primary key. A table without
+/// either is refused with the fix.
+pub async fn key_columns(sql: &Client, config: &Config, table: &str) -> Result<Vec<String>, Error> {
+    let Some(table_config) = config.table(table) else {
+        return Err(Error::Command(format!(
+            "table {table} is not in `tables` of the config: add it there first (the producer only backfills tables it captures)"
+        )));
+    };
+    let (schema, name) = table_config.schema_and_table();
+    let Some(info) = catalog::table_info(sql, schema, name).await? else {
+        return Err(Error::Setup(format!("table {table} does not exist")));
+    };
+    let columns = table_config.key.clone().unwrap_or(info.key_columns);
+    if columns.is_empty() {
+        return Err(Error::Setup(format!(
+            "table {table} has no primary key, so it cannot be read in key order: add one \
+             (ALTER TABLE {} ADD PRIMARY KEY (…)), or set REPLICA IDENTITY FULL and name unique \
+             key columns in `tables[].key`",
+            quote_table(schema, name)
+        )));
+    }
+    Ok(columns)
+}
+
+/// Checks a `--where` condition against the table without reading a row; the error is
+/// Postgres's own message. The condition must be one expression: it is prepared (one statement
+/// only) inside the same parentheses and line breaks the chunk query puts around it.
+pub async fn validate_condition(
+    sql: &Client,
+    quoted_table: &str,
+    condition: &str,
+) -> Result<(), Error> {
+    let explain = format!("EXPLAIN SELECT 1 FROM {quoted_table} WHERE (\n{condition}\n)");
+    match sql.query(&explain, &[]).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let message = match e.as_db_error() {
+                Some(db) => db.message().to_owned(),
+                None => e.to_string(),
+            };
+            if e.as_db_error().is_some() {
+                Err(Error::Setup(format!(
+                    "the condition `{condition}` does not work on {quoted_table}: {message}"
+                )))
+            } else {
+                Err(Error::postgres("checking the condition", e))
+            }
+        }
+    }
+}
+
+/// The planner's estimate of the rows a backfill reads.
+pub async fn estimate(
+    sql: &Client,
+    quoted_table: &str,
+    condition: Option<&str>,
+) -> Result<Option<i64>, Error> {
+    let filter = condition.map_or(String::new(), |c| format!(" WHERE (\n{c}\n)"));
+    let rows = sql
+        .query(
+            &format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {quoted_table}{filter}"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("estimating the rows to backfill", e))?;
+    let plan: Option<serde_json::Value> = rows.first().and_then(|r| r.try_get(0).ok());
+    Ok(plan
+        .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
+        .map(|rows| rows.round() as i64))
+}
+
+/// Reads the table's columns as pgoutput would describe them (no dropped or generated ones),
+/// reusing the last shape while they stay the same.
+async fn describe(
+    sql: &Client,
+    context: &Context,
+    (schema, name): (&str, &str),
+    key_columns: &[String],
+    types: &mut HashMap<u32, (String, TypeKind)>,
+    previous: Option<Arc<Shape>>,
+) -> Result<Arc<Shape>, Error> {
+    let rows = sql
+        .query(
+            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("reading the columns of {schema}.{name}"), e))?;
+    let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    if let Some(previous) = previous
+        && previous.columns == columns
+    {
+        return Ok(previous);
+    }
+    let mut infos = Vec::with_capacity(columns.len());
+    for (column, oid) in &columns {
+        let (type_name, kind) = match pgoutput::builtin(*oid) {
+            Some((type_name, kind)) => (type_name.to_owned(), kind),
+            None => match types.get(oid) {
+                Some(known) => known.clone(),
+                None => {
+                    let resolved = catalog::resolve_type(sql, *oid).await?;
+                    types.insert(*oid, resolved.clone());
+                    resolved
+                }
+            },
+        };
+        infos.push(ColumnInfo {
+            name: column.clone(),
+            type_name,
+            kind,
+        });
+    }
+    let mut key = Vec::with_capacity(key_columns.len());
+    let mut key_types = Vec::with_capacity(key_columns.len());
+    for key_column in key_columns {
+        let index = columns
+            .iter()
+            .position(|(c, _)| c == key_column)
+            .ok_or_else(|| {
+                Error::Setup(format!(
+                    "key column `{key_column}` of {schema}.{name} is not in the table any more"
+                ))
+            })?;
+        key.push(index);
+        key_types.push(rows[index].get::<_, String>(2));
+    }
+    let table = format!("{schema}.{name}");
+    let topic = context.config.topic_for(&table);
+    Ok(Arc::new(Shape {
+        relation: Arc::new(RelationInfo {
+            schema: schema.to_owned(),
+            table: name.to_owned(),
+            topic,
+            partitions: context.config.kafka.partitions,
+            columns: infos,
+            key,
+        }),
+        columns,
+        key_types,
+    }))
+}
+
+/// `SELECT <every column> FROM t WHERE (keys) > (last key) AND (condition) ORDER BY keys LIMIT n`.
+fn chunk_query(
+    quoted_table: &str,
+    shape: &Shape,
+    key_columns: &[String],
+    after: Option<&[String]>,
+    condition: Option<&str>,
+    limit: u32,
+) -> String {
+    let columns: Vec<String> = shape
+        .relation
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    let keys: Vec<String> = key_columns.iter().map(|c| quote_ident(c)).collect();
+    let keys = keys.join(", ");
+    let mut filters = Vec::new();
+    if let Some(after) = after {
+        let values: Vec<String> = after
+            .iter()
+            .zip(&shape.key_types)
+            .map(|(value, type_name)| format!("{}::{type_name}", literal(value)))
+            .collect();
+        filters.push(format!("({keys}) > ({})", values.join(", ")));
+    }
+    if let Some(condition) = condition {
+        // Line breaks: a trailing `--` comment in the condition cannot swallow what follows.
+        filters.push(format!("(\n{condition}\n)"));
+    }
+    let filter = if filters.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", filters.join(" AND "))
+    };
+    format!(
+        "SELECT {} FROM {quoted_table}{filter} ORDER BY {keys} LIMIT {limit}",
+        columns.join(", ")
+    )
+}
+
+/// Typed rows with their Kafka keys, and the text of the last row's key columns.
+fn parse_rows(
+    shape: &Shape,
+    messages: &[SimpleQueryMessage],
+) -> (Vec<ChunkRow>, Option<Vec<String>>) {
+    let relation = &shape.relation;
+    let mut rows = Vec::with_capacity(messages.len());
+    let mut last_key = None;
+    let mut last_row = None;
+    for message in messages {
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let values: Vec<Value> = relation
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match row.get(i) {
+                Some(text) => parse_text(&column.kind, text),
+                None => Value::null(),
+            })
+            .collect();
+        let key = key::encode(relation.key.iter().filter_map(|&i| values.get(i)));
+        rows.push(ChunkRow { key, values });
+        last_row = Some(row);
+    }
+    if let Some(row) = last_row {
+        last_key = Some(
+            relation
+                .key
+                .iter()
+                .map(|&i| row.get(i).unwrap_or_default().to_owned())
+                .collect(),
+        );
+    }
+    (rows, last_key)
+}
+
+/// Rows per second for all backfills together.
+#[derive(Debug)]
+struct Limiter {
+    per_second: Option<u32>,
+    next: Mutex<tokio::time::Instant>,
+}
+
+impl Limiter {
+    fn new(per_second: Option<u32>) -> Self {
+        Self {
+            per_second,
+            next: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for the turn of `rows` more rows.
+    async fn acquire(&self, rows: u32) {
+        let Some(rate) = self.per_second.filter(|r| *r > 0) else {
+            return;
+        };
+        let at = {
+            let mut next = match self.next.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + Duration::from_secs_f64(f64::from(rows) / f64::from(rate));
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        let column = |name: &str| ColumnInfo {
+            name: name.into(),
+            type_name: "text".into(),
+            kind: TypeKind::Text,
+        };
+        Shape {
+            relation: Arc::new(RelationInfo {
+                schema: "public".into(),
+                table: "t".into(),
+                topic: "x".into(),
+                partitions: 1,
+                columns: vec![column("tenant"), column("id"), column("note")],
+                key: vec![0, 1],
+            }),
+            columns: Vec::new(),
+            key_types: vec!["text".into(), "integer".into()],
+        }
+    }
+
+    #[test]
+    fn chunks_page_by_the_whole_key_with_typed_literals() {
+        let keys = ["tenant".to_owned(), "id".to_owned()];
+        let first = chunk_query("\"public\".\"t\"", &shape(), &keys, None, None, 10);
+        assert_eq!(
+            first,
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" ORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+        let next = chunk_query(
+            "\"public\".\"t\"",
+            &shape(),
+            &keys,
+            Some(&["o'hara".to_owned(), "7".to_owned()]),
+            Some("note <> 'x' -- comment"),
+            10,
+        );
+        assert_eq!(
+            next,
+            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" WHERE (\"tenant\", \"id\") > \
+             (E'o''hara'::text, E'7'::integer) AND (\nnote <> 'x' -- comment\n) \
+             ORDER BY \"tenant\", \"id\" LIMIT 10"
+        );
+    }
+
+    #[test]
+    fn in_progress_transactions_are_read_from_the_snapshot_text() {
+        assert_eq!(snapshot_in_progress("10:20:12,15"), [12, 15]);
+        assert!(snapshot_in_progress("10:10:").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_spaces_chunks_by_the_rate() {
+        let limiter = Limiter::new(Some(1000));
+        let start = tokio::time::Instant::now();
+        limiter.acquire(500).await;
+        limiter.acquire(500).await;
+        limiter.acquire(500).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(1000));
+    }
+}

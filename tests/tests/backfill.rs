@@ -1,0 +1,599 @@
+//! Backfills against real Postgres and Kafka: every existing row arrives as a READ event while a
+//! writer keeps changing the table, and folding the topic gives exactly the table; a `kill -9` in
+//! the middle resumes from the last finished chunk; `sluice-producer backfill` starts filtered and
+//! repeated backfills on a running producer, and refuses bad input before writing anything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sluice_proto::key;
+use sluice_proto::v1::value::Kind;
+use sluice_proto::v1::{Op, Value};
+use sluice_tests::fold::{self, Fold};
+use sluice_tests::{Process, Record, TestContext, connect, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Rows in the big table.
+const ROWS: i64 = 200_000;
+/// Rows per chunk in these tests: 40 chunks for the big table.
+const CHUNK: usize = 5_000;
+
+type Rows = BTreeMap<Vec<u8>, BTreeMap<String, Option<Kind>>>;
+
+/// `items(id bigint primary key, grp, name, price, flag, note)` with `rows` rows, plus the
+/// sequences the writer takes new ids from.
+async fn create_items(db: &tokio_postgres::Client, rows: i64) {
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id bigint PRIMARY KEY, grp int NOT NULL, name text NOT NULL,
+                             price numeric(12,2), flag bool, note text);
+         INSERT INTO items
+           SELECT g, g % 97, md5(g::text) || md5((g * 7)::text),
+                  CASE WHEN g % 11 = 0 THEN NULL ELSE round((g % 10000) / 7.0, 2) END,
+                  CASE WHEN g % 13 = 0 THEN NULL ELSE g % 2 = 0 END,
+                  CASE WHEN g % 3 = 0 THEN 'note ' || g END
+           FROM generate_series(1, {rows}) g;
+         CREATE SEQUENCE new_ids START {};
+         CREATE SEQUENCE moved_ids START {};
+         ANALYZE items;",
+        rows + 100_000,
+        rows + 1_000_000
+    ))
+    .await
+    .unwrap();
+}
+
+/// The table, keyed like the topic, with the values the events must carry.
+async fn items_table(db: &tokio_postgres::Client) -> Rows {
+    let rows = db
+        .query(
+            "SELECT id, grp, name, price::text, flag, note FROM items",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.get(0);
+            let mut columns = BTreeMap::new();
+            let null = || Some(Kind::Null(sluice_proto::v1::Null {}));
+            columns.insert("id".to_owned(), Some(Kind::Int(id)));
+            columns.insert(
+                "grp".to_owned(),
+                Some(Kind::Int(i64::from(row.get::<_, i32>(1)))),
+            );
+            columns.insert("name".to_owned(), Some(Kind::Text(row.get(2))));
+            columns.insert(
+                "price".to_owned(),
+                row.get::<_, Option<String>>(3)
+                    .map_or_else(null, |p| Some(Kind::Numeric(p))),
+            );
+            columns.insert(
+                "flag".to_owned(),
+                row.get::<_, Option<bool>>(4)
+                    .map_or_else(null, |b| Some(Kind::Bool(b))),
+            );
+            columns.insert(
+                "note".to_owned(),
+                row.get::<_, Option<String>>(5)
+                    .map_or_else(null, |t| Some(Kind::Text(t))),
+            );
+            (key::encode(&[Value::from(Kind::Int(id))]), columns)
+        })
+        .collect()
+}
+
+/// Random updates, inserts, deletes and key changes of `items`, one small transaction at a time,
+/// until `stop`. Returns the number of transactions.
+fn spawn_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let db = connect(&url).await.unwrap();
+        let range = ROWS + 20_000;
+        let mut transactions = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let moved = if transactions.is_multiple_of(10) {
+                // A key change: a DELETE of the old key and an UPDATE of the new one.
+                format!(
+                    "UPDATE items SET id = nextval('moved_ids')
+                     WHERE id = (SELECT (1 + floor(random() * {range}))::bigint);"
+                )
+            } else {
+                String::new()
+            };
+            db.batch_execute(&format!(
+                "BEGIN;
+                 UPDATE items SET grp = grp + 1, name = md5(random()::text),
+                        price = round((random() * 1000)::numeric, 2),
+                        note = CASE WHEN random() < 0.3 THEN NULL ELSE 'changed ' || random() END
+                 WHERE id = ANY(ARRAY(SELECT (1 + floor(random() * {range}))::bigint
+                                      FROM generate_series(1, 4)));
+                 DELETE FROM items WHERE id = (SELECT (1 + floor(random() * {range}))::bigint);
+                 INSERT INTO items VALUES (nextval('new_ids'), 1, md5(random()::text), 1.50, true, NULL);
+                 {moved}
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+            transactions += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        transactions
+    })
+}
+
+/// The state of backfill `id` (or of the table's latest backfill) in the control table.
+async fn backfill_row(
+    db: &tokio_postgres::Client,
+    table: &str,
+) -> Option<(i64, String, i64, Option<serde_json::Value>)> {
+    db.query_opt(
+        "SELECT id, state, rows_done, last_key FROM sluice.backfills
+         WHERE table_name = $1 ORDER BY id DESC LIMIT 1",
+        &[&table],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+/// Waits until the latest backfill of `table` is done; returns its id and rows done.
+async fn wait_done(
+    db: &tokio_postgres::Client,
+    table: &str,
+    after_id: i64,
+    timeout: Duration,
+) -> (i64, i64) {
+    eventually(timeout, &format!("a backfill of {table} done"), || async {
+        Ok(backfill_row(db, table)
+            .await
+            .filter(|(id, state, _, _)| *id > after_id && state == "done")
+            .map(|(id, _, rows, _)| (id, rows)))
+    })
+    .await
+    .unwrap()
+}
+
+/// Commits a transaction of its own (a logical message) and waits until the slot has confirmed
+/// past it: everything committed before is on the topic.
+async fn settle(context: &TestContext) {
+    let mut db = connect(&context.postgres_url()).await.unwrap();
+    let tx = db.transaction().await.unwrap();
+    tx.batch_execute("SELECT pg_logical_emit_message(true, 'sluice-test', 'settle')")
+        .await
+        .unwrap();
+    let lsn = tx
+        .query_one(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0) as u64;
+    tx.commit().await.unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "the sentinel confirmed",
+        || async { Ok((context.confirmed_lsn().await? >= lsn).then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
+fn reads(records: &[Record]) -> Vec<&Record> {
+    records
+        .iter()
+        .filter(|r| r.event.as_ref().is_some_and(|e| e.op() == Op::Read))
+        .collect()
+}
+
+fn assert_exact(records: &[Record], table: &Rows, what: &str) {
+    let folded = Fold::new(records).rows();
+    let difference = fold::compare(&folded, table);
+    assert!(
+        difference.is_empty(),
+        "{what}: the folded topic differs from the table ({} rows): {}",
+        table.len(),
+        difference.report()
+    );
+}
+
+fn log_path(config: &Path, name: &str) -> PathBuf {
+    config.with_file_name(format!("{name}.log"))
+}
+
+fn start_producer(config: &Path, log: &str) -> Process {
+    let path = config.to_str().unwrap();
+    Process::start(
+        "sluice-producer",
+        &["--config", path, "run"],
+        log_path(config, log),
+    )
+    .unwrap()
+}
+
+/// Runs `sluice-producer --config CONFIG ARGS…` to its end: exit code and output.
+async fn command(config: &Path, args: &[&str], log: &str) -> (Option<i32>, String) {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let mut process = Process::start("sluice-producer", &all, log_path(config, log)).unwrap();
+    let code = process.wait(WAIT).await.unwrap();
+    (code, process.output())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_under_concurrent_writes_folds_to_exactly_the_table() {
+    let context = TestContext::new("backfill_exact").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    create_items(&db, ROWS).await;
+    let yaml = context.config_yaml(
+        "  - name: public.items\n    backfill: true",
+        &format!("producer:\n  backfill_chunk_size: {CHUNK}\n  status_interval: 1s"),
+    );
+    let config = context.config(&yaml).unwrap();
+    let (stop, producer) = context.spawn_producer(config);
+
+    let writing = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(context.postgres_url(), writing.clone());
+    let started = Instant::now();
+    let (_, rows_done) = wait_done(&db, "public.items", 0, Duration::from_secs(600)).await;
+    let took = started.elapsed();
+    writing.store(true, Ordering::SeqCst);
+    let transactions = writer.await.unwrap();
+    settle(&context).await;
+
+    let records = context
+        .read_topic(&context.topic("public.items"))
+        .await
+        .unwrap();
+    let table = items_table(&db).await;
+    let read = reads(&records);
+    eprintln!(
+        "backfill of {ROWS} rows in {took:?} ({rows_done} rows read) with {transactions} writer \
+         transactions; {} messages, {} READ events, {} rows in the table",
+        records.len(),
+        read.len(),
+        table.len()
+    );
+    assert!(
+        transactions > 100,
+        "the writer hardly ran ({transactions} transactions)"
+    );
+    assert!(
+        read.len() as i64 > ROWS / 2,
+        "only {} READ events: the backfill did not read the table",
+        read.len()
+    );
+    // A READ event carries its high watermark's commit LSN, never a change's own position.
+    let event = read[0].event.as_ref().unwrap();
+    let position = event.position.as_ref().unwrap();
+    assert!(position.commit_lsn > 0 && position.lsn == 0 && position.xid == 0);
+    assert_exact(&records, &table, "backfill under concurrent writes");
+
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_middle_of_a_backfill_resumes_from_the_last_finished_chunk() {
+    const KILL_AFTER: i64 = 60_000;
+    let context = TestContext::new("backfill_kill9").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    create_items(&db, ROWS).await;
+    // Rate-limited so the kill lands in the middle.
+    let yaml = context.config_yaml(
+        "  - name: public.items\n    backfill: true",
+        &format!(
+            "producer:\n  backfill_chunk_size: {CHUNK}\n  backfill_max_rows_per_second: 25000\n  \
+             status_interval: 1s"
+        ),
+    );
+    let config = context.write_config(&yaml).unwrap();
+
+    let writing = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(context.postgres_url(), writing.clone());
+    let mut first = start_producer(&config, "producer-1");
+    let (at_kill, key_at_kill) = eventually(
+        Duration::from_secs(180),
+        "the backfill persisted some progress",
+        || async {
+            Ok(backfill_row(&db, "public.items")
+                .await
+                .filter(|(_, _, rows, _)| *rows >= KILL_AFTER)
+                .map(|(_, _, rows, key)| (rows, key)))
+        },
+    )
+    .await
+    .unwrap();
+    first.kill9().await.unwrap();
+    let (_, state, persisted, _) = backfill_row(&db, "public.items").await.unwrap();
+    assert_eq!(
+        state,
+        "running",
+        "the kill came after the backfill ended; output:\n{}",
+        first.output()
+    );
+    eprintln!(
+        "killed with {persisted} rows persisted (≥ {at_kill} seen before the kill, last key {key_at_kill:?})"
+    );
+
+    let mut second = start_producer(&config, "producer-2");
+    wait_done(&db, "public.items", 0, Duration::from_secs(600)).await;
+    writing.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    settle(&context).await;
+
+    let records = context
+        .read_topic(&context.topic("public.items"))
+        .await
+        .unwrap();
+    let table = items_table(&db).await;
+    assert_exact(&records, &table, "after kill -9 and restart");
+
+    // The restarted run read on from the persisted key: only the chunks in flight at the kill
+    // (the one being read and the one Kafka was acknowledging) may have been read twice.
+    let mut per_key: HashMap<&[u8], usize> = HashMap::new();
+    let read = reads(&records);
+    for record in &read {
+        *per_key.entry(record.key.as_slice()).or_default() += 1;
+    }
+    let read_twice = per_key.values().filter(|n| **n > 1).count();
+    let duplicates: usize = per_key.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{} READ events for {} keys: {read_twice} keys read twice",
+        read.len(),
+        per_key.len()
+    );
+    assert!(
+        read_twice <= 2 * CHUNK && duplicates <= 2 * CHUNK,
+        "{read_twice} keys were read more than once ({duplicates} extra READ events): the restart \
+         re-read more than the two chunks in flight"
+    );
+
+    let code = second.terminate(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(code, Some(0), "output:\n{}", second.output());
+    context.cleanup().await.unwrap();
+}
+
+/// `accounts(tenant, id)` with a composite key: 3 tenants × `per_tenant` rows.
+async fn create_accounts(db: &tokio_postgres::Client, per_tenant: i32) {
+    db.batch_execute(&format!(
+        "CREATE TABLE accounts (tenant text, id int, balance numeric, PRIMARY KEY (tenant, id));
+         INSERT INTO accounts SELECT t, g, g * 10
+           FROM unnest(ARRAY['a', 'b', 'c']) t, generate_series(1, {per_tenant}) g;
+         CREATE TABLE loose (id int, v text);
+         INSERT INTO loose VALUES (1, 'x');"
+    ))
+    .await
+    .unwrap();
+}
+
+fn column<'a>(record: &'a Record, name: &str) -> Option<&'a Kind> {
+    record
+        .event
+        .as_ref()?
+        .record
+        .iter()
+        .find(|c| c.name == name)?
+        .value
+        .as_ref()?
+        .kind
+        .as_ref()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
+    const PER_TENANT: i32 = 3_000;
+    let context = TestContext::new("backfill_on_demand").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    create_accounts(&db, PER_TENANT).await;
+    let topic = context.topic("public.accounts");
+    let extra = "producer:\n  backfill_chunk_size: 1000\n  status_interval: 1s";
+    let run_yaml = context.config_yaml("  - name: public.accounts", extra);
+    // The commands' config also names a table without a primary key (the producer would refuse
+    // to run with it).
+    let command_yaml =
+        context.config_yaml("  - name: public.accounts\n  - name: public.loose", extra);
+    let (stop, producer) = context.spawn_producer(context.config(&run_yaml).unwrap());
+    // The control table is created after the slot, right before streaming starts.
+    eventually(WAIT, "producer streaming", || async {
+        let ready = db
+            .query_one("SELECT to_regclass('sluice.backfills') IS NOT NULL", &[])
+            .await?
+            .get::<_, bool>(0);
+        Ok((ready && context.slot_active().await?).then_some(()))
+    })
+    .await
+    .unwrap();
+    let listen = "127.0.0.1:0";
+    let config = context.write_config(&command_yaml).unwrap();
+
+    // Bad input is refused before anything is written.
+    let (code, output) = command(
+        &config,
+        &[
+            "--listen",
+            listen,
+            "backfill",
+            "public.accounts",
+            "--where",
+            "nope = 1",
+        ],
+        "unknown-column",
+    )
+    .await;
+    assert_eq!(code, Some(1), "output:\n{output}");
+    assert!(
+        output.contains(r#"column "nope" does not exist"#),
+        "Postgres's message is missing; output:\n{output}"
+    );
+    let (code, output) = command(
+        &config,
+        &[
+            "--listen",
+            listen,
+            "backfill",
+            "public.accounts",
+            "--where",
+            "tenant = = 'a'",
+        ],
+        "syntax-error",
+    )
+    .await;
+    assert_eq!(code, Some(1), "output:\n{output}");
+    assert!(
+        output.contains(r#"syntax error at or near "=""#),
+        "Postgres's message is missing; output:\n{output}"
+    );
+    let (code, output) = command(
+        &config,
+        &["--listen", listen, "backfill", "public.elsewhere"],
+        "not-in-config",
+    )
+    .await;
+    assert_eq!(code, Some(1), "output:\n{output}");
+    assert!(
+        output.contains("public.elsewhere is not in `tables`"),
+        "output:\n{output}"
+    );
+    let (code, output) = command(
+        &config,
+        &["--listen", listen, "backfill", "public.loose"],
+        "no-key",
+    )
+    .await;
+    assert_eq!(code, Some(1), "output:\n{output}");
+    assert!(
+        output.contains("has no primary key") && output.contains("add one"),
+        "the refusal must say how to fix it; output:\n{output}"
+    );
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM sluice.backfills", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0, "a refused backfill was queued");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = context.read_topic(&topic).await.unwrap();
+    assert!(
+        records.is_empty(),
+        "refused backfills emitted {} messages",
+        records.len()
+    );
+
+    // A filtered backfill: only tenant b, on the running producer.
+    let (code, output) = command(
+        &config,
+        &[
+            "--listen",
+            listen,
+            "backfill",
+            "public.accounts",
+            "--where",
+            "tenant = 'b'",
+        ],
+        "filtered",
+    )
+    .await;
+    assert_eq!(code, Some(0), "output:\n{output}");
+    assert!(output.contains("backfill 1 queued"), "output:\n{output}");
+    let (first, rows) = wait_done(&db, "public.accounts", 0, WAIT).await;
+    assert_eq!(rows, i64::from(PER_TENANT));
+    let records = context.read_topic(&topic).await.unwrap();
+    let read = reads(&records);
+    assert_eq!(read.len(), records.len(), "only READ events were written");
+    let tenants: BTreeMap<String, usize> = read.iter().fold(BTreeMap::new(), |mut acc, r| {
+        let tenant = match column(r, "tenant") {
+            Some(Kind::Text(t)) => t.clone(),
+            other => panic!("tenant is {other:?}"),
+        };
+        *acc.entry(tenant).or_default() += 1;
+        acc
+    });
+    assert_eq!(
+        tenants,
+        BTreeMap::from([("b".to_owned(), PER_TENANT as usize)]),
+        "the filtered backfill emitted other rows"
+    );
+    assert!(
+        read.iter().any(|r| r.key_text() == r#"["b",1]"#),
+        "composite keys are encoded like live changes"
+    );
+
+    // Some live changes, then a full backfill, then another one of a table already in sync: the
+    // folded topic is the table each time, and the second full backfill changes nothing.
+    db.batch_execute(
+        "UPDATE accounts SET balance = balance + 1 WHERE id % 7 = 0;
+         DELETE FROM accounts WHERE id % 50 = 0;
+         INSERT INTO accounts VALUES ('d', 1, 1), ('a', 100000, 2);",
+    )
+    .await
+    .unwrap();
+    let expected = async || -> Rows {
+        db.query("SELECT tenant, id, balance::text FROM accounts", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let tenant: String = row.get(0);
+                let id: i32 = row.get(1);
+                let key = key::encode(&[
+                    Value::from(Kind::Text(tenant.clone())),
+                    Value::from(Kind::Int(id.into())),
+                ]);
+                let columns = BTreeMap::from([
+                    ("tenant".to_owned(), Some(Kind::Text(tenant))),
+                    ("id".to_owned(), Some(Kind::Int(id.into()))),
+                    ("balance".to_owned(), Some(Kind::Numeric(row.get(2)))),
+                ]);
+                (key, columns)
+            })
+            .collect()
+    };
+    let mut folds = Vec::new();
+    let mut last = first;
+    for round in ["full", "in-sync"] {
+        let (code, output) = command(
+            &config,
+            &["--listen", listen, "backfill", "public.accounts"],
+            round,
+        )
+        .await;
+        assert_eq!(code, Some(0), "output:\n{output}");
+        last = wait_done(&db, "public.accounts", last, WAIT).await.0;
+        settle(&context).await;
+        let records = context.read_topic(&topic).await.unwrap();
+        let table = expected().await;
+        assert_exact(&records, &table, round);
+        folds.push((Fold::new(&records).rows(), reads(&records).len()));
+    }
+    let (full, reads_full) = &folds[0];
+    let (in_sync, reads_in_sync) = &folds[1];
+    assert!(
+        reads_in_sync > reads_full,
+        "the second backfill emitted nothing"
+    );
+    let changed = fold::compare(in_sync, full);
+    assert!(
+        changed.is_empty(),
+        "a backfill of a table in sync changed the folded result: {}",
+        changed.report()
+    );
+
+    // `status` shows the backfills.
+    let (code, output) = command(&config, &["--listen", listen, "status"], "status").await;
+    assert_eq!(code, Some(0), "output:\n{output}");
+    assert!(
+        output.contains("backfills:") && output.contains("where tenant = 'b': done, 3000 rows"),
+        "output:\n{output}"
+    );
+
+    stop.cancel();
+    producer.await.unwrap().unwrap();
+    context.cleanup().await.unwrap();
+}
