@@ -36,6 +36,9 @@ use crate::offsets::{Slot, Tracker};
 use crate::script::{Scripts, Verdict};
 use crate::stats::{Outcome, SinkStats, now_micros};
 
+/// How long a sink keeps retrying credentials the cluster refuses after they worked at start.
+const AUTH_GRACE: Duration = Duration::from_secs(90);
+
 /// Everything a sink needs that was checked before connecting.
 #[derive(Debug)]
 pub struct Prepared {
@@ -853,6 +856,7 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) -> Result<Report, Error>
     while let Some(mut pending) = chunks.pop() {
         let mut backoff = Backoff::new(&shared.config);
         let mut attempt: u32 = 1;
+        let mut auth_refused_since: Option<Instant> = None;
         while !pending.is_empty() {
             let ops: Vec<BulkOp> = pending.iter().map(Item::op).collect();
             let started = Instant::now();
@@ -904,7 +908,19 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) -> Result<Report, Error>
                         backoff.wait(&shared.shutdown).await?;
                     }
                 }
-                Err(error @ ElasticError::Auth { .. }) => return Err(fatal(error)),
+                Err(error @ ElasticError::Auth { .. }) => {
+                    // The credentials worked at start: a cluster that is still starting (its
+                    // security index not ready) refuses them for a while. Retry for a grace
+                    // period, then stop the sink.
+                    let since = auth_refused_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= AUTH_GRACE {
+                        return Err(fatal(error));
+                    }
+                    shared.stats.retried(1);
+                    tracing::warn!(sink = %shared.config.name, %error, grace = ?AUTH_GRACE, "credentials refused; retrying in case the cluster is still starting");
+                    attempt += 1;
+                    backoff.wait(&shared.shutdown).await?;
+                }
                 Err(error) if error.is_retryable() => {
                     shared.stats.retried(1);
                     tracing::warn!(sink = %shared.config.name, %error, items = pending.len(), attempt, "bulk request failed; retrying");

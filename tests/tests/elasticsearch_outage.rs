@@ -58,7 +58,26 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
         "",
         "      request_timeout: 2s\n",
     );
-    let yaml = context.config_yaml("  - name: public.events", &format!("sinks:\n{sink}"));
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let sink = sink.replace(
+        "    elasticsearch:\n",
+        "    unready_after: 3s\n    elasticsearch:\n",
+    );
+    let yaml = context
+        .config_yaml("  - name: public.events", &format!("sinks:\n{sink}"))
+        .replace(
+            "consumer_listen: 127.0.0.1:0",
+            &format!("consumer_listen: 127.0.0.1:{port}"),
+        );
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let ready = |url: String| async move {
+        let response = reqwest::get(&url).await?;
+        let status = response.status().as_u16();
+        anyhow::Ok((status, response.text().await?))
+    };
     let config = context.config(&yaml).unwrap();
     let pipeline = context.start_pipeline(config).await.unwrap();
     let group = context.sink_name("events");
@@ -110,6 +129,14 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
         pipeline.consumer_running(),
         "the consumer waits, it does not give up"
     );
+    // Behind and not indexing for longer than unready_after: not ready, and says why.
+    let reason = eventually(WAIT, "/readyz reports the stuck sink", || async {
+        let (status, body) = ready(readyz.clone()).await?;
+        Ok((status == 503).then_some(body))
+    })
+    .await
+    .unwrap();
+    assert!(reason.contains("no bulk request succeeded"), "{reason}");
     service("elasticsearch", "start").await.unwrap();
     restart.stopped = false;
 
@@ -135,6 +162,11 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
         .wait_committed_to_end(&group, &topic, WAIT)
         .await
         .unwrap();
+    eventually(WAIT, "/readyz ready again", || async {
+        Ok((ready(readyz.clone()).await?.0 == 200).then_some(()))
+    })
+    .await
+    .unwrap();
 
     pipeline.stop().await.unwrap();
     context.cleanup().await.unwrap();
