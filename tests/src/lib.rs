@@ -657,3 +657,52 @@ pub async fn service(name: &str, command: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A shared service a test stopped (`deploy/local/{name}.sh stop`). It is started again when
+/// this is dropped while stopped, so a failing assertion never leaves it down for the tests that
+/// run after.
+#[derive(Debug)]
+pub struct StoppedService {
+    name: &'static str,
+    stopped: bool,
+}
+
+impl StoppedService {
+    pub async fn stop(name: &'static str) -> anyhow::Result<Self> {
+        let guard = Self {
+            name,
+            stopped: true,
+        };
+        service(name, "stop").await?;
+        Ok(guard)
+    }
+
+    /// Starts the service again and waits until it answers.
+    pub async fn start(mut self) -> anyhow::Result<()> {
+        service(self.name, "start").await?;
+        self.stopped = false;
+        Ok(())
+    }
+}
+
+impl Drop for StoppedService {
+    fn drop(&mut self) {
+        if !self.stopped {
+            return;
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../deploy/local/{}.sh", self.name));
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .stdout(std::process::Stdio::null())
+            .status();
+        if !matches!(&status, Ok(s) if s.success()) {
+            eprintln!(
+                "could not start {} again ({status:?}): run `bash {} start`",
+                self.name,
+                script.display()
+            );
+        }
+    }
+}

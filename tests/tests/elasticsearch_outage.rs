@@ -12,36 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice_tests::sink::Cluster;
-use sluice_tests::{TestContext, eventually, service};
+use sluice_tests::{StoppedService, TestContext, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// Starts Elasticsearch again when dropped while it is stopped.
-struct ElasticsearchRestart {
-    stopped: bool,
-}
-
-impl Drop for ElasticsearchRestart {
-    fn drop(&mut self) {
-        if !self.stopped {
-            return;
-        }
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/local/elasticsearch.sh"
-        );
-        let status = std::process::Command::new("bash")
-            .arg(script)
-            .arg("start")
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !matches!(&status, Ok(s) if s.success()) {
-            eprintln!(
-                "could not start Elasticsearch again ({status:?}): run `bash {script} start`"
-            );
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unindexed() {
@@ -97,8 +70,7 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
         .await
         .unwrap();
 
-    let mut restart = ElasticsearchRestart { stopped: true };
-    service("elasticsearch", "stop").await.unwrap();
+    let elasticsearch = StoppedService::stop("elasticsearch").await.unwrap();
     let stopped_at = Instant::now();
     // Writes while Elasticsearch is away, one transaction per second for a few seconds.
     for chunk in 0..5 {
@@ -137,8 +109,7 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
     .await
     .unwrap();
     assert!(reason.contains("no bulk request succeeded"), "{reason}");
-    service("elasticsearch", "start").await.unwrap();
-    restart.stopped = false;
+    elasticsearch.start().await.unwrap();
 
     let expected: BTreeMap<String, serde_json::Value> = (1..=400)
         .map(|i| {

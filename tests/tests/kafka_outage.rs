@@ -13,32 +13,9 @@ use std::time::Duration;
 
 use sluice_producer::stats::format_lsn;
 use sluice_proto::v1::value::Kind;
-use sluice_tests::{TestContext, connect, eventually, service};
+use sluice_tests::{StoppedService, TestContext, connect, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Starts Kafka again when dropped while it is stopped: a failing assertion must not leave the
-/// shared broker down for the tests that run after this one.
-struct KafkaRestart {
-    stopped: bool,
-}
-
-impl Drop for KafkaRestart {
-    fn drop(&mut self) {
-        if !self.stopped {
-            return;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/kafka.sh");
-        let status = std::process::Command::new("bash")
-            .arg(script)
-            .arg("start")
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !matches!(&status, Ok(s) if s.success()) {
-            eprintln!("could not start Kafka again ({status:?}): run `bash {script} start`");
-        }
-    }
-}
 
 /// Ids of the rows on `topic`.
 async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<HashSet<i64>> {
@@ -64,8 +41,6 @@ async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<Hash
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
     let context = TestContext::new("kafka_outage").await.unwrap();
-    // Declared after the context, so dropped before it: Kafka is back for the context's cleanup.
-    let mut kafka = KafkaRestart { stopped: false };
     let db = context.postgres().await.unwrap();
     db.batch_execute("CREATE TABLE ticks (id int PRIMARY KEY, at timestamptz DEFAULT now())")
         .await
@@ -113,8 +88,8 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
     .await
     .unwrap();
 
-    kafka.stopped = true;
-    service("kafka", "stop").await.unwrap();
+    // Dropped before the context: Kafka is back for the context's cleanup even on failure.
+    let kafka = StoppedService::stop("kafka").await.unwrap();
     // Let what was in flight when Kafka stopped settle, and a status update go out.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let c0 = context.confirmed_lsn().await.unwrap();
@@ -125,8 +100,7 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
     let wal = context.current_lsn().await.unwrap();
     let producer_alive = !producer.is_finished();
 
-    service("kafka", "start").await.unwrap();
-    kafka.stopped = false;
+    kafka.start().await.unwrap();
     eprintln!(
         "Kafka down: confirmed {} → {}, rows {written_at_c0} → {written_at_c1}, WAL at {}",
         format_lsn(c0),
@@ -199,6 +173,5 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
 
     stop.cancel();
     producer.await.unwrap().unwrap();
-    drop(kafka);
     context.cleanup().await.unwrap();
 }
