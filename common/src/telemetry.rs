@@ -59,6 +59,19 @@ pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
             names::describe();
+            // Histogram samples wait in per-thread buffers until upkeep folds them into the
+            // summaries: without it they pile up (memory grows with every event) until someone
+            // scrapes /metrics, and a late scrape sees a distorted window.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
             Ok(handle)
         })
         .clone()

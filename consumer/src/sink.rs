@@ -567,6 +567,47 @@ impl Reader {
         if !shared.config.actions.contains(&action) {
             return self.settled(slot, Outcome::Filtered);
         }
+        let id = match event::document_id(&event, shared.config.id_columns.as_deref()) {
+            Ok(id) => id,
+            Err(reason) => {
+                return Next::DeadLetter(slot, original, letter("route", "bad_id", reason));
+            }
+        };
+        // Without scripts and with a fixed index the document is the record: no script input.
+        let plain = !shared.scripts.has_filter() && !shared.scripts.has_transform();
+        if let (true, Some(index)) = (plain, shared.template.fixed()) {
+            let (write, outcome) = if action == Action::Delete {
+                (Write::Delete, Outcome::Deleted)
+            } else {
+                let record = event::columns(&event.record);
+                if event.unchanged_toast_columns.is_empty() {
+                    match serde_json::to_vec(&record) {
+                        Ok(bytes) => (Write::Full(bytes.into()), Outcome::Indexed),
+                        Err(error) => {
+                            let reason = format!("document does not serialize: {error}");
+                            return Next::DeadLetter(
+                                slot,
+                                original,
+                                letter("transform", "serialize", reason),
+                            );
+                        }
+                    }
+                } else {
+                    (Write::Partial(record), Outcome::Indexed)
+                }
+            };
+            return Next::Batch(Item {
+                index: index.to_owned(),
+                id,
+                version,
+                write,
+                outcome,
+                slot,
+                replaced: Vec::new(),
+                original,
+                commit_micros: position.commit_time_micros,
+            });
+        }
         let input = event::script_input(
             &event,
             action,
@@ -576,12 +617,6 @@ impl Reader {
                 offset: received.offset,
             },
         );
-        let id = match event::document_id(&event, shared.config.id_columns.as_deref()) {
-            Ok(id) => id,
-            Err(reason) => {
-                return Next::DeadLetter(slot, original, letter("route", "bad_id", reason));
-            }
-        };
         let index = match shared.template.render(&input) {
             Ok(index) => index,
             Err(reason) => {
