@@ -579,21 +579,14 @@ impl Reader {
             let (write, outcome) = if action == Action::Delete {
                 (Write::Delete, Outcome::Deleted)
             } else {
-                let record = event::columns(&event.record);
                 if event.unchanged_toast_columns.is_empty() {
-                    match serde_json::to_vec(&record) {
-                        Ok(bytes) => (Write::Full(bytes.into()), Outcome::Indexed),
-                        Err(error) => {
-                            let reason = format!("document does not serialize: {error}");
-                            return Next::DeadLetter(
-                                slot,
-                                original,
-                                letter("transform", "serialize", reason),
-                            );
-                        }
-                    }
+                    let bytes = event::record_json(&event.record);
+                    (Write::Full(bytes.into()), Outcome::Indexed)
                 } else {
-                    (Write::Partial(record), Outcome::Indexed)
+                    (
+                        Write::Partial(event::columns(&event.record)),
+                        Outcome::Indexed,
+                    )
                 }
             };
             return Next::Batch(Item {
