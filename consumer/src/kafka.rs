@@ -56,7 +56,7 @@ pub fn consumer_config(config: &Config, sink: &SinkConfig) -> ClientConfig {
             // While the cluster is down the sink stops reading; it stays in the group for this
             // long before its partitions move to another member.
             ("max.poll.interval.ms", "1800000".to_owned()),
-            // Per partition: bounds the prefetched messages held in memory.
+            // Bounds the prefetched messages held in memory (the group consumer's one queue).
             ("queued.max.messages.kbytes", "4096".to_owned()),
             // When the queue is full, fetch again soon after it drains (librdkafka waits 1 s by
             // default, which starves a fast sink behind a small queue).
