@@ -107,6 +107,11 @@ pub async fn run(
         )]));
     }
     let config = Arc::new(config);
+    // The recorder first: the sinks' metric handles bind to it when they are made.
+    telemetry::metrics_handle().map_err(|e| Error::Setup {
+        sink: "*".to_owned(),
+        message: e.to_string(),
+    })?;
     let health = Health::new();
     health.set_unready("starting");
     let all_stats: Vec<Arc<SinkStats>> = prepared

@@ -55,11 +55,26 @@ impl Outcome {
     }
 }
 
+/// Metric handles, registered once (a lookup per event would cost more than the event).
+struct Handles {
+    outcomes: [metrics::Counter; 6],
+    retries: metrics::Counter,
+    bulk_seconds: metrics::Histogram,
+    commit_to_indexed: metrics::Histogram,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
 #[derive(Debug)]
 pub struct SinkStats {
     pub sink: String,
     pub topic: String,
     pub dlq_topic: String,
+    handles: Handles,
     outcomes: [AtomicU64; 6],
     retried: AtomicU64,
     /// Unix micros of the last bulk request that succeeded (0: none yet).
@@ -80,10 +95,20 @@ pub fn now_micros() -> i64 {
 
 impl SinkStats {
     pub fn new(sink: &str, topic: &str, dlq_topic: &str) -> Self {
+        let label = sink.to_owned();
+        let handles = Handles {
+            outcomes: Outcome::ALL.map(|outcome| {
+                metrics::counter!(names::CONSUMER_EVENTS, "sink" => label.clone(), "outcome" => outcome.label())
+            }),
+            retries: metrics::counter!(names::CONSUMER_RETRIES, "sink" => label.clone()),
+            bulk_seconds: metrics::histogram!(names::CONSUMER_BULK_SECONDS, "sink" => label.clone()),
+            commit_to_indexed: metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => label),
+        };
         Self {
             sink: sink.to_owned(),
             topic: topic.to_owned(),
             dlq_topic: dlq_topic.to_owned(),
+            handles,
             outcomes: Default::default(),
             retried: AtomicU64::new(0),
             last_success: AtomicI64::new(0),
@@ -98,8 +123,7 @@ impl SinkStats {
             return;
         }
         self.outcomes[outcome.index()].fetch_add(count, Ordering::Relaxed);
-        metrics::counter!(names::CONSUMER_EVENTS, "sink" => self.sink.clone(), "outcome" => outcome.label())
-            .increment(count);
+        self.handles.outcomes[outcome.index()].increment(count);
     }
 
     pub fn count(&self, outcome: Outcome) -> u64 {
@@ -108,18 +132,16 @@ impl SinkStats {
 
     pub fn retried(&self, count: u64) {
         self.retried.fetch_add(count, Ordering::Relaxed);
-        metrics::counter!(names::CONSUMER_RETRIES, "sink" => self.sink.clone()).increment(count);
+        self.handles.retries.increment(count);
     }
 
     pub fn bulk_succeeded(&self, seconds: f64) {
         self.last_success.store(now_micros(), Ordering::Relaxed);
-        metrics::histogram!(names::CONSUMER_BULK_SECONDS, "sink" => self.sink.clone())
-            .record(seconds);
+        self.handles.bulk_seconds.record(seconds);
     }
 
     pub fn indexed_after_commit(&self, seconds: f64) {
-        metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => self.sink.clone())
-            .record(seconds);
+        self.handles.commit_to_indexed.record(seconds);
     }
 
     pub fn set_lag(&self, partitions: BTreeMap<i32, i64>) {

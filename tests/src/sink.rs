@@ -202,7 +202,7 @@ impl TestContext {
         .await?
     }
 
-    /// Waits until `group` has committed every partition of `topic` up to its end.
+    /// Waits until `topic` has messages and `group` has committed every partition up to its end.
     pub async fn wait_committed_to_end(
         &self,
         group: &str,
@@ -214,6 +214,10 @@ impl TestContext {
             &format!("{group} committed {topic} to its end"),
             || async {
                 let ends = self.end_offsets(topic).await?;
+                // An empty (or not yet created) topic would pass vacuously.
+                if ends.values().all(|end| *end == 0) {
+                    bail!("{topic} has no messages yet");
+                }
                 let committed = self.committed_offsets(group, topic).await?;
                 let behind: Vec<String> = ends
                     .iter()

@@ -126,7 +126,8 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
     let output = eventually(WAIT, "status with the counts", || async {
         let (code, output) = run_consumer(&context, &yaml, &["status"]).await;
         anyhow::ensure!(code == Some(0), "exit {code:?}: {output}");
-        Ok(output.contains("indexed 8, deleted 0").then_some(output))
+        let settled = output.contains("indexed 8, deleted 0") && output.contains("lag: 0 messages");
+        Ok(settled.then_some(output))
     })
     .await
     .unwrap();
