@@ -138,12 +138,13 @@ impl Batch {
     }
 
     /// Adds `item`, replacing an earlier event of the same document.
-    fn push(&mut self, mut item: Item) {
+    fn push(&mut self, item: Item) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += item.bytes();
         match self.by_key.get(&item.key()) {
             Some(&at) => {
-                let earlier = std::mem::replace(&mut self.items[at], item_placeholder(&item));
+                let earlier = std::mem::replace(&mut self.items[at], item);
+                let item = &mut self.items[at];
                 item.replaced.push(earlier.slot);
                 item.replaced.extend(earlier.replaced);
                 if let Write::Partial(partial) = &mut item.write {
@@ -165,7 +166,6 @@ impl Batch {
                         Write::Delete => {}
                     }
                 }
-                self.items[at] = item;
             }
             None => {
                 self.by_key.insert(item.key(), self.items.len());
@@ -179,21 +179,6 @@ impl Batch {
         self.bytes = 0;
         self.opened = None;
         std::mem::take(&mut self.items)
-    }
-}
-
-/// A stand-in while an item is being replaced in place.
-fn item_placeholder(item: &Item) -> Item {
-    Item {
-        index: String::new(),
-        id: String::new(),
-        version: 0,
-        write: Write::Delete,
-        outcome: Outcome::Stale,
-        slot: item.slot,
-        replaced: Vec::new(),
-        original: item.original.clone(),
-        commit_micros: 0,
     }
 }
 
@@ -480,7 +465,7 @@ impl Reader {
                 self.batch.push(item);
             }
             Next::DeadLetter(slot, original, letter) => {
-                self.dead_letter(&original, &letter).await?;
+                send_dead_letter(&self.shared, &original, &letter).await?;
                 self.finish(slot, Outcome::DeadLettered, 0);
             }
             Next::Truncate(slot, version) => {
@@ -735,10 +720,6 @@ impl Reader {
             self.finish(slot, outcome, commit_micros);
         }
         Ok(())
-    }
-
-    async fn dead_letter(&self, original: &Original, letter: &DeadLetter) -> Result<(), Error> {
-        send_dead_letter(&self.shared, original, letter).await
     }
 
     fn commit(&self, consumer: &StreamConsumer<SinkContext>, mode: CommitMode) {
@@ -1151,4 +1132,81 @@ async fn truncate(shared: &Shared, version: u64) -> Result<(), Error> {
     }
     tracing::info!(sink = %shared.config.name, pattern, version, documents = total, "table truncated: documents deleted");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, offset: i64, write: Write) -> Item {
+        Item {
+            index: "products".to_owned(),
+            id: id.to_owned(),
+            version: 100 + u64::try_from(offset).unwrap(),
+            write,
+            outcome: Outcome::Indexed,
+            slot: Slot {
+                partition: 0,
+                generation: 1,
+                offset,
+            },
+            replaced: Vec::new(),
+            original: Original {
+                topic: "t".into(),
+                partition: 0,
+                offset,
+                key: None,
+                payload: None,
+            },
+            commit_micros: 0,
+        }
+    }
+
+    fn full(json: serde_json::Value) -> Write {
+        Write::Full(serde_json::to_vec(&json).unwrap().into())
+    }
+
+    #[test]
+    fn a_later_event_of_a_document_replaces_the_earlier_one_in_the_batch() {
+        let mut batch = Batch::default();
+        batch.push(item("1", 10, full(serde_json::json!({"a": 1}))));
+        batch.push(item("2", 11, full(serde_json::json!({"a": 2}))));
+        batch.push(item("1", 12, Write::Delete));
+        assert_eq!(batch.len(), 2);
+        let items = batch.take();
+        assert!(matches!(items[0].write, Write::Delete));
+        assert_eq!(items[0].version, 112);
+        assert_eq!(items[0].replaced, [items[0].slot_at(10)]);
+        assert!(batch.by_key.is_empty() && batch.opened.is_none());
+    }
+
+    #[test]
+    fn a_partial_update_after_a_full_document_in_the_batch_becomes_full() {
+        let mut batch = Batch::default();
+        batch.push(item(
+            "1",
+            10,
+            full(serde_json::json!({"title": "a", "body": "long"})),
+        ));
+        let mut partial = Map::new();
+        partial.insert("title".to_owned(), Value::from("b"));
+        batch.push(item("1", 11, Write::Partial(partial)));
+        let items = batch.take();
+        let Write::Full(bytes) = &items[0].write else {
+            panic!("still partial: {:?}", items[0].write);
+        };
+        let merged: Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(merged, serde_json::json!({"title": "b", "body": "long"}));
+        assert_eq!(items[0].version, 111);
+    }
+
+    impl Item {
+        fn slot_at(&self, offset: i64) -> Slot {
+            Slot {
+                offset,
+                ..self.slot
+            }
+        }
+    }
 }
