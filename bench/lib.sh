@@ -109,3 +109,22 @@ machine_info() {
   echo "kernel:  $(uname -sr)"
   echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min)"
 }
+
+# kafka_tool count|delete TOPIC: "PARTITIONS MESSAGES" (high minus low watermarks), or deletes
+# the topic (bench/KafkaTool.java). Needs JAVA, KAFKA_LIBS and BROKERS.
+kafka_tool() {
+  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" "$BENCH_DIR/KafkaTool.java" "$1" "$BROKERS" "$2"
+}
+
+# build_producer: the release producer (not timed); sets PRODUCER and SOURCE_STATE (the commit,
+# and whether the producer's sources had uncommitted changes).
+build_producer() {
+  log "building the producer: cargo build --release -p sluice-producer (not timed)"
+  (cd "$REPO_DIR" && cargo build -q --release -p sluice-producer)
+  PRODUCER=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/sluice-producer
+  [ -x "$PRODUCER" ] || die "no $PRODUCER"
+  SOURCE_STATE="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  if [ -n "$(git -C "$REPO_DIR" status --porcelain -- producer common proto 2>/dev/null)" ]; then
+    SOURCE_STATE+=" with uncommitted changes in producer/common/proto"
+  fi
+}

@@ -114,56 +114,7 @@ cleanup_run() {
 }
 trap 'cleanup_run; rm -rf "$WORK"' EXIT
 
-# kafka_tool count|delete TOPIC: "PARTITIONS MESSAGES" (sum of the high watermarks), or deletes it.
-cat >"$WORK/KafkaTool.java" <<'JAVA'
-import java.util.HashMap;
-import java.util.List;
-import java.util.Map;
-import java.util.Properties;
-import java.util.concurrent.TimeUnit;
-import org.apache.kafka.clients.admin.Admin;
-import org.apache.kafka.clients.admin.OffsetSpec;
-import org.apache.kafka.clients.admin.TopicDescription;
-import org.apache.kafka.common.TopicPartition;
-import org.apache.kafka.common.TopicPartitionInfo;
-
-public class KafkaTool {
-  public static void main(String[] args) throws Exception {
-    Properties p = new Properties();
-    p.put("bootstrap.servers", args[1]);
-    String topic = args[2];
-    try (Admin admin = Admin.create(p)) {
-      if (args[0].equals("delete")) {
-        admin.deleteTopics(List.of(topic)).all().get(60, TimeUnit.SECONDS);
-        return;
-      }
-      TopicDescription d = admin.describeTopics(List.of(topic)).allTopicNames().get(60, TimeUnit.SECONDS).get(topic);
-      Map<TopicPartition, OffsetSpec> latest = new HashMap<>();
-      Map<TopicPartition, OffsetSpec> earliest = new HashMap<>();
-      for (TopicPartitionInfo part : d.partitions()) {
-        latest.put(new TopicPartition(topic, part.partition()), OffsetSpec.latest());
-        earliest.put(new TopicPartition(topic, part.partition()), OffsetSpec.earliest());
-      }
-      long messages = 0;
-      for (var e : admin.listOffsets(latest).all().get(60, TimeUnit.SECONDS).values()) messages += e.offset();
-      for (var e : admin.listOffsets(earliest).all().get(60, TimeUnit.SECONDS).values()) messages -= e.offset();
-      System.out.println(d.partitions().size() + " " + messages);
-    }
-  }
-}
-JAVA
-kafka_tool() {
-  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -cp "$KAFKA_LIBS/*" "$WORK/KafkaTool.java" "$1" "$BROKERS" "$2"
-}
-
-log "building the producer: cargo build --release -p sluice-producer (not timed)"
-(cd "$REPO_DIR" && cargo build -q --release -p sluice-producer)
-PRODUCER=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/sluice-producer
-[ -x "$PRODUCER" ] || die "no $PRODUCER"
-SOURCE_STATE="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
-if [ -n "$(git -C "$REPO_DIR" status --porcelain -- producer common proto 2>/dev/null)" ]; then
-  SOURCE_STATE+=" with uncommitted changes in producer/common/proto"
-fi
+build_producer
 
 # walsender_sampler SLOT OUTFILE: while the slot is active, writes the CPU seconds of its walsender
 # into OUTFILE every 200 ms; ends once the slot was active and is not any more (or on STOPFILE).
