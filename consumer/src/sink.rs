@@ -826,6 +826,8 @@ async fn send_dead_letter(
 struct Backoff {
     next: Duration,
     max: Duration,
+    /// When the cluster first refused the credentials in this retry loop.
+    refused_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -833,7 +835,24 @@ impl Backoff {
         Self {
             next: config.elasticsearch.retry_initial_backoff.get(),
             max: config.elasticsearch.retry_max_backoff.get(),
+            refused_since: None,
         }
+    }
+
+    /// After a 401/403. The credentials worked at start: a cluster that is still starting (its
+    /// security index not ready) refuses them for a while. Waits to retry during
+    /// [`AUTH_GRACE`], then stops the sink with the cluster's answer.
+    async fn refused(&mut self, shared: &Shared, error: ElasticError) -> Result<(), Error> {
+        let since = *self.refused_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= AUTH_GRACE {
+            return Err(Error::Elastic {
+                sink: shared.config.name.clone(),
+                source: error,
+            });
+        }
+        shared.stats.retried(1);
+        tracing::warn!(sink = %shared.config.name, %error, grace = ?AUTH_GRACE, "credentials refused; retrying in case the cluster is still starting");
+        self.wait(&shared.shutdown).await
     }
 
     async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), Error> {
@@ -854,10 +873,6 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) -> Result<Report, Error>
         keys: items.iter().map(Item::key).collect(),
         ..Report::default()
     };
-    let fatal = |source: ElasticError| Error::Elastic {
-        sink: shared.config.name.clone(),
-        source,
-    };
     let mut letters: Vec<(Item, DeadLetter)> = Vec::new();
     let items = complete_partials(&shared, items, &mut report, &mut letters).await?;
 
@@ -865,7 +880,6 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) -> Result<Report, Error>
     while let Some(mut pending) = chunks.pop() {
         let mut backoff = Backoff::new(&shared.config);
         let mut attempt: u32 = 1;
-        let mut auth_refused_since: Option<Instant> = None;
         while !pending.is_empty() {
             let ops: Vec<BulkOp> = pending.iter().map(Item::op).collect();
             let started = Instant::now();
@@ -918,17 +932,8 @@ async fn deliver(shared: Arc<Shared>, items: Vec<Item>) -> Result<Report, Error>
                     }
                 }
                 Err(error @ ElasticError::Auth { .. }) => {
-                    // The credentials worked at start: a cluster that is still starting (its
-                    // security index not ready) refuses them for a while. Retry for a grace
-                    // period, then stop the sink.
-                    let since = auth_refused_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= AUTH_GRACE {
-                        return Err(fatal(error));
-                    }
-                    shared.stats.retried(1);
-                    tracing::warn!(sink = %shared.config.name, %error, grace = ?AUTH_GRACE, "credentials refused; retrying in case the cluster is still starting");
                     attempt += 1;
-                    backoff.wait(&shared.shutdown).await?;
+                    backoff.refused(&shared, error).await?;
                 }
                 Err(error) if error.is_retryable() => {
                     shared.stats.retried(1);
@@ -1006,12 +1011,7 @@ async fn complete_partials(
         let current = loop {
             match shared.client.mget(&index, &ids).await {
                 Ok(current) => break current,
-                Err(error @ ElasticError::Auth { .. }) => {
-                    return Err(Error::Elastic {
-                        sink: shared.config.name.clone(),
-                        source: error,
-                    });
-                }
+                Err(error @ ElasticError::Auth { .. }) => backoff.refused(shared, error).await?,
                 Err(error) if error.is_retryable() => {
                     shared.stats.retried(1);
                     tracing::warn!(sink = %shared.config.name, %error, "reading documents for a partial update failed; retrying");
@@ -1072,10 +1072,6 @@ async fn complete_partials(
 /// Runs at the marker of every partition, so no older row indexed later survives a replay.
 async fn truncate(shared: &Shared, version: u64) -> Result<(), Error> {
     let pattern = shared.template.pattern();
-    let fatal = |source: ElasticError| Error::Elastic {
-        sink: shared.config.name.clone(),
-        source,
-    };
     let mut backoff = Backoff::new(&shared.config);
     let documents = loop {
         let scanned = async {
@@ -1085,7 +1081,7 @@ async fn truncate(shared: &Shared, version: u64) -> Result<(), Error> {
         .await;
         match scanned {
             Ok(documents) => break documents,
-            Err(error @ ElasticError::Auth { .. }) => return Err(fatal(error)),
+            Err(error @ ElasticError::Auth { .. }) => backoff.refused(shared, error).await?,
             Err(error) => {
                 tracing::warn!(sink = %shared.config.name, %error, "reading documents to truncate failed; retrying");
                 backoff.wait(&shared.shutdown).await?;
@@ -1122,7 +1118,7 @@ async fn truncate(shared: &Shared, version: u64) -> Result<(), Error> {
                     }
                     pending = retry;
                 }
-                Err(error @ ElasticError::Auth { .. }) => return Err(fatal(error)),
+                Err(error @ ElasticError::Auth { .. }) => backoff.refused(shared, error).await?,
                 Err(error) => {
                     tracing::warn!(sink = %shared.config.name, %error, "truncate delete request failed; retrying");
                     backoff.wait(&shared.shutdown).await?;
