@@ -137,7 +137,10 @@ fn partitions(list: &TopicPartitionList) -> Vec<i32> {
 }
 
 /// Creates `topic` (delete policy, the config's partitions and replication) when missing.
-pub async fn ensure_dlq_topic(config: &Config, topic: &str) -> Result<(), Error> {
+/// `Error::Kafka` is worth retrying (broker unreachable, timeouts); `Error::Setup` is not.
+pub async fn ensure_dlq_topic(config: &Config, sink: &SinkConfig) -> Result<(), Error> {
+    let topic = sink.dlq_topic();
+    let topic = topic.as_str();
     let admin: AdminClient<DefaultClientContext> =
         client_config(config, &[]).create().map_err(Error::kafka)?;
     let replication = config
@@ -156,9 +159,26 @@ pub async fn ensure_dlq_topic(config: &Config, topic: &str) -> Result<(), Error>
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((
+                name,
+                code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::InvalidReplicationFactor
+                | RDKafkaErrorCode::InvalidPartitions),
+            )) => {
+                return Err(Error::Setup {
+                    sink: sink.name.clone(),
+                    message: format!(
+                        "cannot create the dead-letter topic {name}: {code}; fix: create it \
+                         yourself (cleanup.policy=delete) or allow this client to create \
+                         topics, or set the sink's dlq_topic to an existing topic"
+                    ),
+                });
+            }
             Err((name, code)) => {
                 return Err(Error::Kafka(format!(
-                    "cannot create dead-letter topic {name}: {code}"
+                    "cannot create the dead-letter topic {name} yet: {code}"
                 )));
             }
         }

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -259,10 +261,22 @@ pub async fn run(
             }
         }
     }
-    kafka::ensure_dlq_topic(&config, &prepared.config.dlq_topic()).await?;
+    let mut delay = Duration::from_millis(500);
+    while let Err(error) = kafka::ensure_dlq_topic(&config, &prepared.config).await {
+        let Error::Kafka(_) = error else {
+            return Err(error);
+        };
+        tracing::warn!(sink = %sink, %error, retry_in = ?delay, "cannot reach Kafka yet");
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(Error::Interrupted),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
     let dead_letters = DeadLetters::new(&config, &prepared.config)?;
 
     let topic: Arc<str> = config.topic_for(&prepared.config.table).into();
+    wait_for_topic(&config, &topic, &sink, &shutdown).await?;
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let consumer: StreamConsumer<SinkContext> = kafka::consumer_config(&config, &prepared.config)
         .create_with_context(SinkContext {
@@ -271,7 +285,6 @@ pub async fn run(
             stats: stats.clone(),
         })
         .map_err(Error::kafka)?;
-    wait_for_topic(&consumer, &topic, &sink, &shutdown).await?;
     consumer.subscribe(&[&topic]).map_err(Error::kafka)?;
     tracing::info!(sink = %sink, topic = %topic, group = %sink, "consuming");
 
@@ -303,26 +316,40 @@ pub async fn run(
     result
 }
 
-/// Waits until the producer has created the topic (subscribing to a missing topic works, but
-/// the consumer would only notice it at a later metadata refresh).
+/// Waits until the producer has created the topic and every partition has a leader
+/// (subscribing to a missing or just-created topic works, but the consumer would only notice it
+/// at a later metadata refresh).
 async fn wait_for_topic(
-    consumer: &StreamConsumer<SinkContext>,
+    config: &Config,
     topic: &str,
     sink: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), Error> {
+    // Asked through a client of its own: a group consumer that once saw the topic missing was
+    // seen to fetch nothing after it appeared.
+    let admin: AdminClient<DefaultClientContext> = kafka::client_config(config, &[])
+        .create()
+        .map_err(Error::kafka)?;
+    let admin = Arc::new(admin);
     let mut logged = false;
     loop {
-        let found = tokio::task::block_in_place(|| {
-            consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
+        let (client, name) = (admin.clone(), topic.to_owned());
+        let found = tokio::task::spawn_blocking(move || {
+            client
+                .inner()
+                .fetch_metadata(Some(&name), Duration::from_secs(10))
                 .map(|metadata| {
-                    metadata
-                        .topics()
-                        .first()
-                        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+                    metadata.topics().first().is_some_and(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0)
+                    })
                 })
-        });
+        })
+        .await
+        .map_err(|e| Error::Kafka(e.to_string()))?;
         match found {
             Ok(true) => return Ok(()),
             Ok(false) if !logged => {
