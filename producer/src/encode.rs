@@ -164,6 +164,41 @@ pub fn insert(rel: &RelationInfo, at: At<'_>, new: &Tuple) -> Result<Vec<Outgoin
     Ok(vec![message(&key, &event)])
 }
 
+/// The values an UPDATE sets, column by column: an unchanged TOASTed column is filled from the
+/// old row when Postgres sent it (`REPLICA IDENTITY FULL`), else `None`.
+fn updated_values(
+    rel: &RelationInfo,
+    old_values: Option<&Vec<Option<Value>>>,
+    new: &Tuple,
+) -> Vec<Option<Value>> {
+    let mut values = rel.values(new);
+    for (i, value) in values.iter_mut().enumerate() {
+        if value.is_none() {
+            *value = old_values.and_then(|o| o.get(i).cloned().flatten());
+        }
+    }
+    values
+}
+
+/// The values of an UPDATE that leaves some columns out (unchanged TOAST, no full old row), or
+/// `None` when it carries every column.
+pub fn partial_update(
+    rel: &RelationInfo,
+    old: Option<&Tuple>,
+    new: &Tuple,
+) -> Option<Vec<Option<Value>>> {
+    if !new
+        .0
+        .iter()
+        .any(|v| matches!(v, TupleValue::UnchangedToast))
+    {
+        return None;
+    }
+    let old_values = old.map(|t| rel.values(t));
+    let values = updated_values(rel, old_values.as_ref(), new);
+    values.iter().any(Option::is_none).then_some(values)
+}
+
 pub fn update(
     rel: &RelationInfo,
     at: At<'_>,
@@ -171,26 +206,19 @@ pub fn update(
     old: Option<&Tuple>,
     new: &Tuple,
 ) -> Result<Vec<Outgoing>, EncodeError> {
-    let mut values = rel.values(new);
     let old_values = old.map(|t| rel.values(t));
-    let mut unchanged = Vec::new();
-    for (i, value) in values.iter_mut().enumerate() {
-        if value.is_none() {
-            // REPLICA IDENTITY FULL sent the old row: the unchanged value is known exactly.
-            match old_values
-                .as_ref()
-                .and_then(|o| o.get(i).cloned().flatten())
-            {
-                Some(previous) => *value = Some(previous),
-                None => unchanged.push(
-                    rel.columns
-                        .get(i)
-                        .map(|c| c.name.clone())
-                        .unwrap_or_default(),
-                ),
-            }
-        }
-    }
+    let values = updated_values(rel, old_values.as_ref(), new);
+    let unchanged = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_none())
+        .map(|(i, _)| {
+            rel.columns
+                .get(i)
+                .map(|c| c.name.clone())
+                .unwrap_or_default()
+        })
+        .collect();
     let key = rel
         .key_of(&values)
         .ok_or_else(|| missing_key(rel, "updated row"))?;
@@ -282,6 +310,15 @@ pub fn delete(
 /// A row read by a backfill, `values` in column order, `key` its encoded Kafka key. It carries
 /// the position of its chunk's high watermark (commit LSN and time); `lsn` and `xid` are 0.
 pub fn read(rel: &RelationInfo, at: At<'_>, key: Vec<u8>, values: Vec<Value>) -> Outgoing {
+    Outgoing {
+        key,
+        value: Some(read_event(rel, at, values).encode_to_vec()),
+        partition: None,
+    }
+}
+
+/// A row read by a backfill as a `READ` event (no change LSN or xid of its own).
+pub fn read_event(rel: &RelationInfo, at: At<'_>, values: Vec<Value>) -> ChangeEvent {
     let key_values: Vec<Value> = rel
         .key
         .iter()
@@ -297,11 +334,7 @@ pub fn read(rel: &RelationInfo, at: At<'_>, key: Vec<u8>, values: Vec<Value>) ->
         .enumerate()
         .map(|(i, v)| rel.column(i, v))
         .collect();
-    Outgoing {
-        key,
-        value: Some(event.encode_to_vec()),
-        partition: None,
-    }
+    event
 }
 
 /// One marker per partition of the table's topic.

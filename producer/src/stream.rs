@@ -26,7 +26,7 @@ use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
 use tokio_postgres::Client;
 
-use crate::backfill::{Backfills, ChunkId, Outcome, Signal};
+use crate::backfill::{Backfills, Change, ChunkId, Outcome, Signal};
 use crate::catalog::{self, TableInfo};
 use crate::checkpoint::Checkpoint;
 use crate::encode::{self, At, ColumnInfo, Outgoing, RelationInfo, TxInfo};
@@ -43,6 +43,8 @@ pub const MESSAGE_PREFIX: &str = "sluice";
 #[derive(Debug)]
 struct Captured {
     info: RelationInfo,
+    /// The columns' names, shared with backfill windows that note partial updates.
+    column_names: Arc<[String]>,
     name: String,
     /// Per-op change counters, registered once.
     counters: [Counter; 4],
@@ -231,6 +233,10 @@ impl StreamState {
             rows as u64,
             tx.info.commit_time_micros,
         );
+        if chunk.completed > 0 {
+            metrics::counter!(names::PRODUCER_BACKFILL_ROWS_COMPLETED, "table" => chunk.table.clone())
+                .increment(chunk.completed as u64);
+        }
         metrics::counter!(names::PRODUCER_BACKFILL_ROWS, "table" => chunk.table)
             .increment(rows as u64);
         Ok(())
@@ -317,9 +323,14 @@ impl StreamState {
             lsn,
             index: tx.index,
         };
+        // Only while a backfill window is open: the values of an update that left columns out.
+        let mut partial: Option<Vec<Option<sluice_proto::v1::Value>>> = None;
         let encoded = match message {
             Message::Insert { new, .. } => encode::insert(&captured.info, at, &new),
             Message::Update { key, old, new, .. } => {
+                if self.backfills.watching() {
+                    partial = encode::partial_update(&captured.info, old.as_ref(), &new);
+                }
                 encode::update(&captured.info, at, key.as_ref(), old.as_ref(), &new)
             }
             Message::Delete { key, old, .. } => {
@@ -329,8 +340,20 @@ impl StreamState {
         };
         let out = encoded.map_err(|e| Error::Setup(e.to_string()))?;
         if self.backfills.watching() {
-            self.backfills
-                .on_changes(&captured.name, out.iter().map(|o| o.key.as_slice()));
+            // The update of the (new) key is the last message; a changed key's delete before it
+            // is complete.
+            let last = out.len().saturating_sub(1);
+            let changes = out.iter().enumerate().map(|(i, o)| {
+                let change = match &partial {
+                    Some(values) if i == last => Change::Partial {
+                        columns: &captured.column_names,
+                        values,
+                    },
+                    _ => Change::Complete,
+                };
+                (o.key.as_slice(), change)
+            });
+            self.backfills.on_changes(&captured.name, changes);
         }
         self.checkpoint
             .wait_below(self.config.producer.max_in_flight_messages)
@@ -399,7 +422,9 @@ impl StreamState {
         let partitions = self.partitions.get(&topic).copied().unwrap_or(1);
         let counter = |op: &'static str| metrics::counter!(names::PRODUCER_CHANGES, "table" => name.clone(), "op" => op);
         tracing::debug!(table = %name, columns = columns.len(), "relation described");
+        let column_names = columns.iter().map(|c| c.name.clone()).collect();
         Ok(Some(Arc::new(Captured {
+            column_names,
             counters: [
                 counter("insert"),
                 counter("update"),

@@ -14,6 +14,7 @@ pub const PRODUCER_BACKFILL_ROWS_READ: &str = "sluice_producer_backfill_rows_rea
 pub const PRODUCER_BACKFILL_CHUNKS: &str = "sluice_producer_backfill_chunks_total";
 pub const PRODUCER_BACKFILL_REMAINING_ROWS: &str = "sluice_producer_backfill_remaining_rows";
 pub const PRODUCER_BACKFILLS_RUNNING: &str = "sluice_producer_backfills_running";
+pub const PRODUCER_BACKFILL_ROWS_COMPLETED: &str = "sluice_producer_backfill_rows_completed_total";
 
 // Consumer.
 pub const CONSUMER_EVENTS: &str = "sluice_consumer_events_total";
@@ -54,6 +55,10 @@ pub fn describe() {
     describe_counter!(
         PRODUCER_BACKFILL_ROWS_READ,
         "Rows read by backfills (emitted or superseded by a live change), by table"
+    );
+    describe_counter!(
+        PRODUCER_BACKFILL_ROWS_COMPLETED,
+        "Backfilled rows whose only changes inside their window were updates without their TOASTed columns: emitted with those changes applied, by table"
     );
     describe_counter!(
         PRODUCER_BACKFILL_CHUNKS,

@@ -21,6 +21,30 @@
 //! HIGH's transaction, versioned with HIGH's commit LSN, so a consumer orders them exactly like
 //! live changes.
 //!
+//! One exception keeps rows from being lost: a live event that lacks columns. An UPDATE that
+//! leaves a TOASTed column untouched (without `REPLICA IDENTITY FULL`) carries every column but
+//! that one, and a consumer that never indexed the row cannot complete it. So the window notes,
+//! per key, whether every change it saw was such a *partial* update, and then overlays the
+//! columns they carry on the chunk's row instead of dropping it:
+//!
+//! ```text
+//!   chunk row (snapshot S)   id=7 qty=1 body=<9 kB>
+//!   in window:  UPDATE id=7 qty=2 (body unchanged)   UPDATE id=7 qty=3 (body unchanged)
+//!   at HIGH:    READ   id=7 qty=3 body=<9 kB>        version = HIGH's commit LSN
+//! ```
+//!
+//! This is exact wherever S falls inside the window. The updates of one row are serialized by
+//! its row lock, so S shows the row after some prefix of the window's updates of it. Each update
+//! carries the absolute new value of every column it carries, and a column it does not carry was
+//! unchanged by it. So a column's value at HIGH is the one in the last update that carries it,
+//! or, when none does, the one in S. Applying all of them again over S therefore gives the row
+//! as of HIGH, whichever prefix S already held, and HIGH's version is right for it: every change
+//! before HIGH is in S or in the window, every later one has a higher version. Any complete
+//! change in the window (insert, delete, full update, key change) still drops the row: the live
+//! events then carry everything a consumer needs. A window whose partial updates describe the
+//! table with other columns than the chunk (a schema change inside it) cannot be overlaid, and
+//! the chunk is read again.
+//!
 //! Who does what:
 //! * the stream (`stream.rs`) calls [`Backfills::on_low`], [`Backfills::on_changes`] and
 //!   [`Backfills::on_high`] as it reads the messages, and publishes what `on_high` returns;
@@ -35,6 +59,7 @@
 //! chunks are then [`Outcome::Discarded`] at HIGH and read again from the same key.
 
 pub mod control;
+pub mod rows;
 mod worker;
 
 /// The checks `sluice-producer backfill` runs before queueing anything.
@@ -42,7 +67,7 @@ pub(crate) mod worker_checks {
     pub use super::worker::{estimate, key_columns, validate_condition};
 }
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -133,6 +158,8 @@ pub struct Chunk {
     /// `schema.table`.
     pub table: String,
     pub rows: Vec<ChunkRow>,
+    /// Rows that only partial updates touched inside the window, emitted with them applied.
+    pub completed: usize,
 }
 
 /// What the stream did with a chunk at its high watermark.
@@ -145,13 +172,79 @@ pub enum Outcome {
     Discarded,
 }
 
+/// What a window saw of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Touched {
+    /// A change whose event carries the whole row (or removes it): the live events suffice.
+    Complete,
+    /// Only updates that left some columns out (unchanged TOAST): the columns they carry, in
+    /// the stream's column order, the last update's value of each (`None`: not carried).
+    Partial {
+        columns: Arc<[String]>,
+        values: Vec<Option<Value>>,
+    },
+    /// Partial updates with different column lists (a schema change inside the window).
+    Unknown,
+}
+
+impl Touched {
+    /// `self` followed by `change`.
+    fn then(&mut self, change: &Change<'_>) {
+        match (&mut *self, change) {
+            (Self::Complete, _) => {}
+            (_, Change::Complete) => *self = Self::Complete,
+            (Self::Unknown, Change::Partial { .. }) => {}
+            (
+                Self::Partial { columns, values },
+                Change::Partial {
+                    columns: c,
+                    values: v,
+                },
+            ) => {
+                if columns[..] != c[..] || values.len() != v.len() {
+                    *self = Self::Unknown;
+                    return;
+                }
+                for (value, new) in values.iter_mut().zip(v.iter()) {
+                    if new.is_some() {
+                        value.clone_from(new);
+                    }
+                }
+            }
+        }
+    }
+
+    fn from_change(change: &Change<'_>) -> Self {
+        match change {
+            Change::Complete => Self::Complete,
+            Change::Partial { columns, values } => Self::Partial {
+                columns: Arc::clone(columns),
+                values: values.to_vec(),
+            },
+        }
+    }
+}
+
+/// One change the stream published under a key, as a window needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// The event carries the whole row, or deletes it.
+    Complete,
+    /// An update of the row's own key that left columns out: every column of the table in the
+    /// stream's order, and the value of each one the update carries.
+    Partial {
+        columns: &'a Arc<[String]>,
+        values: &'a [Option<Value>],
+    },
+}
+
 #[derive(Debug)]
 struct Pending {
     table: String,
     window_open: bool,
     /// A TRUNCATE inside the window: no row of the chunk may be published.
     truncated: bool,
-    changed: HashSet<Vec<u8>>,
+    changed: HashMap<Vec<u8>, Touched>,
     chunk: Option<Chunk>,
     done: Option<oneshot::Sender<Outcome>>,
 }
@@ -256,13 +349,25 @@ impl Backfills {
         self.open_windows.load(Ordering::Acquire) > 0
     }
 
-    /// The stream changed these keys of `table` (every key a change was published under,
+    /// The stream published these changes of `table` (every key a change was published under,
     /// old keys of key-changing updates included).
-    pub fn on_changes<'a>(&self, table: &str, keys: impl Iterator<Item = &'a [u8]> + Clone) {
+    pub fn on_changes<'a>(
+        &self,
+        table: &str,
+        changes: impl Iterator<Item = (&'a [u8], Change<'a>)> + Clone,
+    ) {
         let mut pending = lock(&self.pending);
         for p in pending.values_mut() {
             if p.window_open && p.table == table && !p.truncated {
-                p.changed.extend(keys.clone().map(<[u8]>::to_vec));
+                for (key, change) in changes.clone() {
+                    match p.changed.get_mut(key) {
+                        Some(touched) => touched.then(&change),
+                        None => {
+                            p.changed
+                                .insert(key.to_vec(), Touched::from_change(&change));
+                        }
+                    }
+                }
             }
         }
     }
@@ -299,8 +404,9 @@ impl Backfills {
             Some(mut chunk) if p.window_open => {
                 if p.truncated {
                     chunk.rows.clear();
-                } else if !p.changed.is_empty() {
-                    chunk.rows.retain(|row| !p.changed.contains(&row.key));
+                } else if !p.changed.is_empty() && !settle(&mut chunk, &p.changed) {
+                    let _ = done.send(Outcome::Discarded);
+                    return None;
                 }
                 Some((chunk, done))
             }
@@ -322,7 +428,7 @@ impl Backfills {
                 table: table.to_owned(),
                 window_open: false,
                 truncated: false,
-                changed: HashSet::new(),
+                changed: HashMap::new(),
                 chunk: None,
                 done: Some(done),
             },
@@ -427,11 +533,161 @@ impl Backfills {
     }
 }
 
+/// Applies what the window saw to the chunk's rows: rows a complete change touched are dropped,
+/// rows only partial updates touched get their columns overlaid (see the module's essay). False
+/// when a row cannot be settled (the partial updates describe other columns than the chunk):
+/// the chunk must be read again.
+fn settle(chunk: &mut Chunk, changed: &HashMap<Vec<u8>, Touched>) -> bool {
+    let names: Vec<&str> = chunk
+        .relation
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut settled = true;
+    let mut completed = 0;
+    chunk.rows.retain_mut(|row| match changed.get(&row.key) {
+        None => true,
+        Some(Touched::Complete) => false,
+        Some(Touched::Unknown) => {
+            settled = false;
+            false
+        }
+        Some(Touched::Partial { columns, values }) => {
+            let same_shape = columns.len() == names.len()
+                && columns.iter().zip(&names).all(|(a, b)| a == b)
+                && row.values.len() == values.len();
+            if !same_shape {
+                settled = false;
+                return false;
+            }
+            for (value, new) in row.values.iter_mut().zip(values) {
+                if let Some(new) = new {
+                    value.clone_from(new);
+                }
+            }
+            completed += 1;
+            true
+        }
+    });
+    chunk.completed = completed;
+    settled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::encode::ColumnInfo;
     use crate::pgoutput::TypeKind;
+
+    fn complete<'a>(keys: &'a [&'a str]) -> impl Iterator<Item = (&'a [u8], Change<'a>)> + Clone {
+        keys.iter().map(|k| (k.as_bytes(), Change::Complete))
+    }
+
+    /// The chunk's table: `id int4, qty int4, body text`.
+    fn columns() -> Arc<[String]> {
+        ["id", "qty", "body"].map(str::to_owned).into()
+    }
+
+    fn text(s: &str) -> Value {
+        Value::from(sluice_proto::v1::value::Kind::Text(s.to_owned()))
+    }
+
+    /// A chunk of rows `(key, qty, body)`.
+    fn wide_chunk(rows: &[(&str, &str, &str)]) -> Chunk {
+        let column = |name: &str| ColumnInfo {
+            name: name.into(),
+            type_name: "text".into(),
+            kind: TypeKind::Text,
+        };
+        let mut chunk = chunk(&[]);
+        chunk.relation = Arc::new(RelationInfo {
+            columns: vec![column("id"), column("qty"), column("body")],
+            ..(*chunk.relation).clone()
+        });
+        chunk.rows = rows
+            .iter()
+            .map(|(k, qty, body)| ChunkRow {
+                key: k.as_bytes().to_vec(),
+                values: vec![text(k), text(qty), text(body)],
+            })
+            .collect();
+        chunk
+    }
+
+    /// One partial update of `key` as the stream reports it.
+    fn partial<'a>(
+        key: &'a str,
+        columns: &'a Arc<[String]>,
+        values: &'a [Option<Value>],
+    ) -> impl Iterator<Item = (&'a [u8], Change<'a>)> + Clone {
+        std::iter::once((key.as_bytes(), Change::Partial { columns, values }))
+    }
+
+    fn row_values(chunk: &Chunk) -> Vec<Vec<Value>> {
+        chunk.rows.iter().map(|r| r.values.clone()).collect()
+    }
+
+    #[test]
+    fn rows_only_partial_updates_touched_are_kept_with_their_columns_overlaid() {
+        let b = Backfills::new();
+        let id = id(&b, 1);
+        let _outcome = b.register(id, "public.t");
+        b.on_low(id);
+        let names = columns();
+        // Row 1: two updates of qty that leave the TOASTed body out; the snapshot may have seen
+        // either of them or none.
+        let first = [Some(text("1")), Some(text("5")), None];
+        let second = [Some(text("1")), Some(text("6")), None];
+        b.on_changes("public.t", partial("1", &names, &first));
+        b.fill(
+            id,
+            wide_chunk(&[("1", "5", "big"), ("2", "0", "b2"), ("3", "0", "b3")]),
+        );
+        b.on_changes("public.t", partial("1", &names, &second));
+        // Row 2: a partial update, then a complete one: its live events suffice.
+        b.on_changes("public.t", partial("2", &names, &first));
+        b.on_changes("public.t", complete(&["2"]));
+        let (chunk, _done) = b.on_high(id).unwrap();
+        assert_eq!(chunk.completed, 1);
+        assert_eq!(
+            row_values(&chunk),
+            [
+                vec![text("1"), text("6"), text("big")],
+                vec![text("3"), text("0"), text("b3")],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_complete_change_before_partial_ones_still_drops_the_row() {
+        let b = Backfills::new();
+        let id = id(&b, 1);
+        let _outcome = b.register(id, "public.t");
+        b.on_low(id);
+        let names = columns();
+        let values = [Some(text("1")), Some(text("9")), None];
+        b.fill(id, wide_chunk(&[("1", "5", "big")]));
+        b.on_changes("public.t", complete(&["1"]));
+        b.on_changes("public.t", partial("1", &names, &values));
+        let (chunk, _done) = b.on_high(id).unwrap();
+        assert!(chunk.rows.is_empty());
+    }
+
+    #[test]
+    fn partial_updates_of_another_shape_make_the_chunk_read_again() {
+        let b = Backfills::new();
+        let id = id(&b, 1);
+        let mut outcome = b.register(id, "public.t");
+        b.on_low(id);
+        // A column was added inside the window: the stream's rows have four columns.
+        let names: Arc<[String]> = ["id", "qty", "body", "added"].map(str::to_owned).into();
+        let values = [Some(text("1")), Some(text("9")), None, Some(text("x"))];
+        b.fill(id, wide_chunk(&[("1", "5", "big"), ("2", "0", "b2")]));
+        b.on_changes("public.t", partial("1", &names, &values));
+        assert!(b.on_high(id).is_none());
+        assert_eq!(outcome.try_recv(), Ok(Outcome::Discarded));
+    }
 
     fn chunk(keys: &[&str]) -> Chunk {
         Chunk {
@@ -455,6 +711,7 @@ mod tests {
                     values: Vec::new(),
                 })
                 .collect(),
+            completed: 0,
         }
     }
 
@@ -480,16 +737,13 @@ mod tests {
         let id = id(&b, 1);
         let _outcome = b.register(id, "public.t");
         // Changes before the low watermark do not count.
-        b.on_changes("public.t", [b"[1]".as_slice()].into_iter());
+        b.on_changes("public.t", complete(&["[1]"]));
         b.on_low(id);
         assert!(b.watching());
         b.fill(id, chunk(&["[1]", "[2]", "[3]", "[4]"]));
-        b.on_changes("public.t", [b"[2]".as_slice()].into_iter());
-        b.on_changes("public.other", [b"[3]".as_slice()].into_iter());
-        b.on_changes(
-            "public.t",
-            [b"[9]".as_slice(), b"[4]".as_slice()].into_iter(),
-        );
+        b.on_changes("public.t", complete(&["[2]"]));
+        b.on_changes("public.other", complete(&["[3]"]));
+        b.on_changes("public.t", complete(&["[9]", "[4]"]));
         let (chunk, _done) = b.on_high(id).unwrap();
         assert_eq!(keys(&chunk), ["[1]", "[3]"]);
         assert!(!b.watching());

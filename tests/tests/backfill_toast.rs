@@ -1,0 +1,167 @@
+//! The index equals the table after an initial backfill of a table with TOASTed values, under the
+//! default replica identity, while a writer keeps updating those rows without touching the big
+//! column: the backfill must not give up a row in favour of a live event that lacks a column.
+//! Producer, Kafka, consumer and Elasticsearch run for real; the check is what a user would do:
+//! every row of the table is a document with every column, and nothing else is in the index.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_tests::sink::Cluster;
+use sluice_tests::{TestContext, connect, eventually};
+
+const ROWS: i32 = 6_000;
+/// Every third row carries a ~9.6 kB value that is stored out of line.
+const TOASTED_EVERY: i32 = 3;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The table as documents: `_id` → the record the consumer indexes without a transform.
+async fn table_documents(db: &tokio_postgres::Client) -> BTreeMap<String, Value> {
+    db.query("SELECT id, qty, body FROM items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let id: i32 = row.get(0);
+            let qty: i32 = row.get(1);
+            let body: String = row.get(2);
+            (id.to_string(), json!({"id": id, "qty": qty, "body": body}))
+        })
+        .collect()
+}
+
+/// Updates of `qty` on TOASTed rows, a few per transaction, until `stop`: each one's event
+/// leaves `body` out. Returns the number of transactions.
+fn spawn_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let db = connect(&url).await.unwrap();
+        let mut transactions = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            db.batch_execute(&format!(
+                "UPDATE items SET qty = qty + 1
+                 WHERE id = ANY(ARRAY(SELECT {TOASTED_EVERY} * (1 + floor(random() * {}))::int
+                                      FROM generate_series(1, 3)))",
+                ROWS / TOASTED_EVERY - 1
+            ))
+            .await
+            .unwrap();
+            transactions += 1;
+        }
+        transactions
+    })
+}
+
+fn completed_rows_metric() -> f64 {
+    let rendered = sluice_common::telemetry::metrics_handle().unwrap().render();
+    rendered
+        .lines()
+        .filter(|l| l.starts_with("sluice_producer_backfill_rows_completed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_keeps_rows_whose_window_saw_only_updates_without_their_toasted_column() {
+    let context = TestContext::new("backfill_toast").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, body text NOT NULL);
+         INSERT INTO items
+           SELECT g, 0, CASE WHEN g % {TOASTED_EVERY} = 0
+                             THEN (SELECT string_agg(md5(g::text || s::text), '')
+                                   FROM generate_series(1, 300) s)
+                             ELSE 'short ' || g END
+           FROM generate_series(1, {ROWS}) g;
+         ANALYZE items;"
+    ))
+    .await
+    .unwrap();
+    let toasted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM items WHERE pg_column_size(body) > 2000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        toasted >= i64::from(ROWS / TOASTED_EVERY),
+        "the big values are TOASTed"
+    );
+
+    let sink = context.sink_yaml(
+        "items",
+        "public.items",
+        Cluster::Elasticsearch,
+        "items",
+        "",
+        "",
+    );
+    let yaml = context.config_yaml(
+        "  - name: public.items\n    backfill: true",
+        &format!("producer:\n  backfill_chunk_size: 100\nsinks:\n{sink}"),
+    );
+    let config = context.config(&yaml).unwrap();
+    // The writer runs before the producer starts and until the backfill is done, so windows
+    // keep seeing updates that leave `body` out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(context.postgres_url(), stop.clone());
+    let pipeline = context.start_pipeline(config).await.unwrap();
+    eventually(WAIT, "the backfill is done", || async {
+        let state: Option<String> = db
+            .query_opt(
+                "SELECT state FROM sluice.backfills WHERE table_name = 'public.items'",
+                &[],
+            )
+            .await?
+            .map(|row| row.get(0));
+        Ok((state.as_deref() == Some("done")).then_some(()))
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let transactions = writer.await.unwrap();
+    assert!(
+        transactions > 100,
+        "the writer ran ({transactions} transactions)"
+    );
+    let completed = completed_rows_metric();
+    assert!(
+        completed > 0.0,
+        "some windows saw only partial updates of a chunk row (the case under test)"
+    );
+
+    let expected = table_documents(&db).await;
+    let docs = eventually(WAIT, "the index equals the table", || async {
+        let docs = context.documents(Cluster::Elasticsearch, "items").await?;
+        let missing = expected.keys().filter(|id| !docs.contains_key(*id)).count();
+        let extra = docs.keys().filter(|id| !expected.contains_key(*id)).count();
+        let stale: Vec<&String> = expected
+            .iter()
+            .filter(|(id, source)| docs.get(*id).is_some_and(|d| &d.source != *source))
+            .map(|(id, _)| id)
+            .collect();
+        if missing == 0 && extra == 0 && stale.is_empty() {
+            Ok(Some(docs))
+        } else {
+            anyhow::bail!(
+                "{missing} missing, {extra} extra, {} stale (first: {:?})",
+                stale.len(),
+                stale.first()
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(docs.len(), ROWS as usize);
+    pipeline.stop().await.unwrap();
+    eprintln!(
+        "{transactions} writer transactions, {completed} rows completed from partial updates"
+    );
+    context.cleanup().await.unwrap();
+}
