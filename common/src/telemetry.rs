@@ -13,7 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::LogFormat;
+use crate::config::{Listen, LogFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -130,21 +130,28 @@ struct ServerState {
     status: Option<StatusFn>,
 }
 
-/// Binds `addr` and serves the endpoints until `shutdown` is cancelled. Returns the bound address
-/// (useful with port 0) once the listener is up.
+/// How many ports after the default one a process tries when the default is busy: room for this
+/// many processes of one kind on a host with the same config.
+pub const DEFAULT_PORT_TRIES: u16 = 20;
+
+/// Binds `listen` and serves the endpoints until `shutdown` is cancelled. Returns the bound
+/// address (useful with port 0) once the listener is up. A default address that another process
+/// holds (a second consumer or a standby producer on the same host) gives way to the next free
+/// port; an address the user chose must be free.
 pub async fn serve(
-    addr: SocketAddr,
+    listen: Listen,
     health: Health,
     status: Option<StatusFn>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, TelemetryError> {
     let metrics = metrics_handle()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let listener = bind(listen).await?;
     let bound = listener
         .local_addr()
-        .map_err(|source| TelemetryError::Bind { addr, source })?;
+        .map_err(|source| TelemetryError::Bind {
+            addr: listen.addr,
+            source,
+        })?;
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -165,6 +172,76 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(bound)
+}
+
+/// Where processes started with `listen` on this host may serve `/status`: the chosen address
+/// (loopback for an unspecified IP), or every port the default address may have given way to.
+pub fn local_addresses(listen: Listen) -> Vec<SocketAddr> {
+    let mut addr = listen.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    if listen.explicit {
+        return vec![addr];
+    }
+    (0..DEFAULT_PORT_TRIES)
+        .filter_map(|i| addr.port().checked_add(i))
+        .map(|port| SocketAddr::new(addr.ip(), port))
+        .collect()
+}
+
+/// The `/status` document served at `addr`.
+pub async fn fetch_status(addr: SocketAddr) -> Result<serde_json::Value, reqwest::Error> {
+    reqwest::Client::new()
+        .get(format!("http://{addr}/status"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
+}
+
+async fn bind(listen: Listen) -> Result<tokio::net::TcpListener, TelemetryError> {
+    let tries = if listen.explicit {
+        1
+    } else {
+        DEFAULT_PORT_TRIES
+    };
+    let mut addr = listen.addr;
+    let mut first_error = None;
+    for _ in 0..tries {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                if addr != listen.addr {
+                    tracing::info!(
+                        default = %listen.addr,
+                        %addr,
+                        "the default address is taken (another sluice process on this host?): using the next free port"
+                    );
+                }
+                return Ok(listener);
+            }
+            Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                first_error.get_or_insert(source);
+                let Some(port) = addr.port().checked_add(1) else {
+                    break;
+                };
+                addr.set_port(port);
+            }
+            Err(source) => {
+                return Err(TelemetryError::Bind {
+                    addr: listen.addr,
+                    source,
+                });
+            }
+        }
+    }
+    let source = first_error.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into());
+    Err(TelemetryError::Bind {
+        addr: listen.addr,
+        source,
+    })
 }
 
 async fn render_metrics(State(state): State<ServerState>) -> String {
@@ -202,7 +279,10 @@ mod tests {
         let health = Health::new();
         let shutdown = CancellationToken::new();
         let addr = serve(
-            "127.0.0.1:0".parse().unwrap(),
+            Listen {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                explicit: true,
+            },
             health.clone(),
             Some(Arc::new(|| serde_json::json!({"up": true}))),
             shutdown.clone(),
@@ -226,6 +306,42 @@ mod tests {
         let status: serde_json::Value = get("/status").await.unwrap().json().await.unwrap();
         assert_eq!(status, serde_json::json!({"up": true}));
 
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_busy_default_port_gives_way_to_the_next_and_a_chosen_one_is_an_error() {
+        // Hold a port, as a first process on this host would.
+        let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let busy = held.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let default = Listen {
+            addr: busy,
+            explicit: false,
+        };
+        let second = serve(default, Health::new(), None, shutdown.clone())
+            .await
+            .unwrap();
+        assert_ne!(second.port(), busy.port());
+        assert!(second.port() > busy.port() && second.port() < busy.port() + DEFAULT_PORT_TRIES);
+        let reply = reqwest::get(format!("http://{second}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+
+        let chosen = Listen {
+            addr: busy,
+            explicit: true,
+        };
+        let error = serve(chosen, Health::new(), None, shutdown.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("cannot listen on {busy}")),
+            "{error}"
+        );
         shutdown.cancel();
     }
 }

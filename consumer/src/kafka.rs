@@ -36,6 +36,26 @@ pub fn client_config(config: &Config, settings: &[(&str, String)]) -> ClientConf
     client
 }
 
+/// The `client.id` of a group member: `sluice-consumer:<port of its endpoints>`, so `status`
+/// can reach every member at the host Kafka saw it connect from.
+pub fn member_client_id(config: &Config) -> String {
+    match config.telemetry.consumer_listen {
+        Some(addr) => format!("{MEMBER_PREFIX}{}", addr.port()),
+        None => "sluice-consumer".to_owned(),
+    }
+}
+
+const MEMBER_PREFIX: &str = "sluice-consumer:";
+
+/// Where a group member serves `/status`: the port from its client id, at the host Kafka saw it
+/// connect from (`/127.0.0.1`).
+pub fn member_status_addr(client_id: &str, client_host: &str) -> Option<std::net::SocketAddr> {
+    let port: u16 = client_id.strip_prefix(MEMBER_PREFIX)?.parse().ok()?;
+    let host = client_host.trim_start_matches('/');
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// The group consumer's settings: manual commits only, cooperative rebalancing, a bounded
 /// prefetch queue (memory), and a session timeout short enough that a killed member's partitions
 /// move on within seconds.
@@ -43,6 +63,7 @@ pub fn consumer_config(config: &Config, sink: &SinkConfig) -> ClientConfig {
     client_config(
         config,
         &[
+            ("client.id", member_client_id(config)),
             ("group.id", sink.name.clone()),
             ("enable.auto.commit", "false".to_owned()),
             ("enable.auto.offset.store", "false".to_owned()),

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use sluice_common::config::Config;
+use sluice_common::config::{Config, Process};
+use sluice_common::telemetry;
 
 use crate::backfill::control;
 use crate::backfill::worker_checks;
@@ -344,57 +345,65 @@ pub async fn status(config: Config) -> Result<(), Error> {
         }
     }
     let jobs = control::recent(&sql, slot, 20).await?;
-    let mut addr = config.telemetry.producer_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let listen = config.telemetry.listen(Process::Producer);
+    // Every producer of this slot on this host: the one streaming and any standby.
+    let mut running = Vec::new();
+    for addr in telemetry::local_addresses(listen) {
+        match telemetry::fetch_status(addr).await {
+            Ok(document) if document["slot"].as_str() == Some(slot.as_str()) => {
+                running.push((addr, document));
+            }
+            Ok(_) => {} // another process (a consumer, another slot's producer)
+            Err(error) if listen.explicit => {
+                render_backfills(&mut out, &jobs, &[]);
+                let _ = writeln!(out, "producer at {addr}: not reachable ({error})");
+            }
+            Err(_) => {}
+        }
     }
-    let url = format!("http://{addr}/status");
-    let fetched = async {
-        let response = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?;
-        response
-            .error_for_status()?
-            .json::<serde_json::Value>()
-            .await
+    if running.is_empty() && !listen.explicit {
+        render_backfills(&mut out, &jobs, &[]);
+        let _ = writeln!(
+            out,
+            "no producer of slot {slot} answers on this host (ports {}–{})",
+            listen.addr.port(),
+            listen.addr.port() + telemetry::DEFAULT_PORT_TRIES - 1
+        );
     }
-    .await;
-    match fetched {
-        Ok(running) => {
-            let live = running["backfills"].as_array().cloned().unwrap_or_default();
-            render_backfills(&mut out, &jobs, &live);
-            let last = running["last_event_unix_micros"].as_i64().map_or(
-                "none yet".to_owned(),
-                |micros| {
+    let live = running
+        .iter()
+        .find(|(_, document)| document["state"] == "streaming")
+        .and_then(|(_, document)| document["backfills"].as_array().cloned());
+    if !running.is_empty() {
+        render_backfills(&mut out, &jobs, live.as_deref().unwrap_or_default());
+    }
+    for (addr, running) in &running {
+        let state = running["state"].as_str().unwrap_or("running");
+        let last =
+            running["last_event_unix_micros"]
+                .as_i64()
+                .map_or("none yet".to_owned(), |micros| {
                     let secs = micros / 1_000_000;
                     let age = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|now| now.as_secs() as i64 - secs)
                         .unwrap_or(0);
                     format!("{age}s ago (commit time, unix {secs})")
-                },
-            );
-            let _ = writeln!(out, "producer at {addr}: running");
-            let _ = writeln!(out, "  last event: {last}");
-            if let Some(tables) = running["tables"].as_object() {
-                for (table, counts) in tables {
-                    let _ = writeln!(
-                        out,
-                        "  {table}: {} inserts, {} updates, {} deletes, {} truncates, {} backfilled",
-                        counts["insert"],
-                        counts["update"],
-                        counts["delete"],
-                        counts["truncate"],
-                        counts["read"]
-                    );
-                }
+                });
+        let _ = writeln!(out, "producer at {addr}: {state}");
+        let _ = writeln!(out, "  last event: {last}");
+        if let Some(tables) = running["tables"].as_object() {
+            for (table, counts) in tables {
+                let _ = writeln!(
+                    out,
+                    "  {table}: {} inserts, {} updates, {} deletes, {} truncates, {} backfilled",
+                    counts["insert"],
+                    counts["update"],
+                    counts["delete"],
+                    counts["truncate"],
+                    counts["read"]
+                );
             }
-        }
-        Err(error) => {
-            render_backfills(&mut out, &jobs, &[]);
-            let _ = writeln!(out, "producer at {addr}: not reachable ({error})");
         }
     }
     print!("{out}");

@@ -48,15 +48,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let stats = Arc::new(Stats::default());
     let backfills = Arc::new(Backfills::new());
     let status = {
-        let (stats, backfills) = (stats.clone(), backfills.clone());
+        let (stats, backfills, health) = (stats.clone(), backfills.clone(), health.clone());
+        let slot = config.postgres.slot.clone();
         Arc::new(move || {
             let mut status = stats.to_json();
+            status["slot"] = slot.clone().into();
+            // `status` tells the streaming producer from a standby by this.
+            status["state"] = match health.unready_reason() {
+                None => "streaming".to_owned(),
+                Some(reason) => reason,
+            }
+            .into();
             status["backfills"] = backfills.to_json();
             status
         }) as telemetry::StatusFn
     };
     telemetry::serve(
-        config.telemetry.producer_listen,
+        config
+            .telemetry
+            .listen(sluice_common::config::Process::Producer),
         health.clone(),
         Some(status),
         shutdown.child_token(),

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use super::Process;
 use super::{Config, ConfigError, LogFormat, Problem, load};
 
 /// Options before the subcommand, each also settable from the environment.
@@ -28,13 +29,6 @@ pub struct GlobalArgs {
     pub listen: Option<SocketAddr>,
 }
 
-/// Which process is loading the config (each has its own listen address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Process {
-    Producer,
-    Consumer,
-}
-
 impl GlobalArgs {
     /// Loads and validates the file, then applies the command-line overrides.
     pub fn load(&self, process: Process) -> Result<Config, ConfigError> {
@@ -47,8 +41,8 @@ impl GlobalArgs {
         }
         if let Some(listen) = self.listen {
             match process {
-                Process::Producer => config.telemetry.producer_listen = listen,
-                Process::Consumer => config.telemetry.consumer_listen = listen,
+                Process::Producer => config.telemetry.producer_listen = Some(listen),
+                Process::Consumer => config.telemetry.consumer_listen = Some(listen),
             }
         }
         // An override can be as wrong as the file; say where it came from.

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-pub use args::{GlobalArgs, Process};
+pub use args::GlobalArgs;
 pub use duration::HumanDuration;
 pub use load::{ConfigError, Problem, load, load_str};
 pub use secret::{Secret, redact_url};
@@ -367,12 +367,55 @@ pub struct TelemetryConfig {
     /// A `tracing` filter: `info`, `sluice_producer=debug,info`, …
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// Address of the producer's `/metrics`, `/healthz` and `/readyz`.
-    #[serde(default = "default_producer_listen")]
-    pub producer_listen: SocketAddr,
-    /// Address of the consumer's `/metrics`, `/healthz` and `/readyz`.
-    #[serde(default = "default_consumer_listen")]
-    pub consumer_listen: SocketAddr,
+    /// Address of the producer's `/metrics`, `/healthz` and `/readyz`. Unset: `0.0.0.0:9600`,
+    /// or the next free port when another process on the host has it.
+    #[serde(default)]
+    pub producer_listen: Option<SocketAddr>,
+    /// Address of the consumer's `/metrics`, `/healthz` and `/readyz`. Unset: `0.0.0.0:9601`,
+    /// or the next free port when another process on the host has it.
+    #[serde(default)]
+    pub consumer_listen: Option<SocketAddr>,
+}
+
+/// Where a process serves its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// Set by the user (file, `--listen`, `SLUICE_LISTEN`): a busy address is an error. The
+    /// default address gives way to the next free port instead, so several processes can run
+    /// on one host with the same config.
+    pub explicit: bool,
+}
+
+/// Which process is loading the config (each has its own listen address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Producer,
+    Consumer,
+}
+
+/// The default ports: the producer's and the consumer's.
+pub const DEFAULT_PRODUCER_PORT: u16 = 9600;
+pub const DEFAULT_CONSUMER_PORT: u16 = 9601;
+
+impl TelemetryConfig {
+    /// Where `process` serves `/metrics`, `/healthz`, `/readyz` and `/status`.
+    pub fn listen(&self, process: Process) -> Listen {
+        let (set, port) = match process {
+            Process::Producer => (self.producer_listen, DEFAULT_PRODUCER_PORT),
+            Process::Consumer => (self.consumer_listen, DEFAULT_CONSUMER_PORT),
+        };
+        match set {
+            Some(addr) => Listen {
+                addr,
+                explicit: true,
+            },
+            None => Listen {
+                addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                explicit: false,
+            },
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -380,8 +423,8 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::default(),
             log_level: default_log_level(),
-            producer_listen: default_producer_listen(),
-            consumer_listen: default_consumer_listen(),
+            producer_listen: None,
+            consumer_listen: None,
         }
     }
 }
@@ -481,12 +524,6 @@ fn default_true() -> bool {
 }
 fn default_log_level() -> String {
     "info".to_owned()
-}
-fn default_producer_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9600))
-}
-fn default_consumer_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 9601))
 }
 
 #[cfg(test)]
