@@ -6,6 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_common::config::Config;
+use sluice_common::telemetry;
 
 use crate::elastic::{Client, ElasticError};
 use crate::error::Error;
@@ -187,62 +188,101 @@ pub async fn status(config: Config) -> Result<(), Error> {
                 let _ = writeln!(out, "  dead letters: unknown ({error})");
             }
         }
-    }
-    let mut addr = config.telemetry.consumer_listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{addr}/status");
-    let fetched = async {
-        reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .error_for_status()?
-            .json::<serde_json::Value>()
-            .await
-    }
-    .await;
-    match fetched {
-        Ok(serde_json::Value::Array(sinks)) => {
-            let _ = writeln!(out, "running consumer ({url}):");
-            for sink in sinks {
-                let outcomes = &sink["outcomes"];
-                let last =
-                    sink["last_success_micros"]
-                        .as_i64()
-                        .map_or("never".to_owned(), |micros| {
-                            let ago = crate::stats::now_micros() - micros;
-                            format!("{:.1} s ago", ago as f64 / 1e6)
-                        });
-                let _ = writeln!(
-                    out,
-                    "  sink {}: indexed {}, deleted {}, stale {}, filtered {}, dead-lettered {}, retried {}; last bulk success {last}",
-                    sink["sink"].as_str().unwrap_or("?"),
-                    outcomes["indexed"],
-                    outcomes["deleted"],
-                    outcomes["stale"],
-                    outcomes["filtered"],
-                    outcomes["dead_lettered"],
-                    sink["retried"],
-                );
-            }
-        }
-        Ok(other) => {
-            let _ = writeln!(out, "running consumer ({url}): unexpected answer {other}");
-        }
-        Err(error) => {
-            let _ = writeln!(out, "no running consumer answered at {url} ({error})");
-        }
+        render_members(&mut out, &config, &sink.name).await;
     }
     print!("{out}");
     Ok(())
 }
 
+/// Every member of each sink's group (Kafka's group membership), with the counts of the process
+/// behind it when it answers: processes on other hosts and on the next free ports included.
+async fn render_members(out: &mut String, config: &Config, sink: &str) {
+    let members = match members(config, sink).await {
+        Ok(members) => members,
+        Err(error) => {
+            let _ = writeln!(out, "  members: unknown ({error})");
+            return;
+        }
+    };
+    if members.is_empty() {
+        let _ = writeln!(out, "  members: none (no sluice-consumer runs this sink)");
+        return;
+    }
+    let _ = writeln!(out, "  members: {}", members.len());
+    for (client_id, host, addr) in members {
+        let Some(addr) = addr else {
+            let _ = writeln!(out, "    {client_id} at {host}: no status address");
+            continue;
+        };
+        let entry = match telemetry::fetch_status(addr).await {
+            Ok(serde_json::Value::Array(sinks)) => {
+                sinks.into_iter().find(|s| s["sink"].as_str() == Some(sink))
+            }
+            Ok(_) => None,
+            Err(error) => {
+                let _ = writeln!(out, "    {addr}: not reachable ({error})");
+                continue;
+            }
+        };
+        let Some(entry) = entry else {
+            let _ = writeln!(out, "    {addr}: runs no sink {sink}");
+            continue;
+        };
+        let outcomes = &entry["outcomes"];
+        let last = entry["last_success_micros"]
+            .as_i64()
+            .map_or("never".to_owned(), |micros| {
+                let ago = crate::stats::now_micros() - micros;
+                format!("{:.1} s ago", ago as f64 / 1e6)
+            });
+        let _ = writeln!(
+            out,
+            "    {addr}: indexed {}, deleted {}, stale {}, filtered {}, dead-lettered {}, retried {}; last bulk success {last}",
+            outcomes["indexed"],
+            outcomes["deleted"],
+            outcomes["stale"],
+            outcomes["filtered"],
+            outcomes["dead_lettered"],
+            entry["retried"],
+        );
+    }
+}
+
+/// The members of `group`: client id, host, and where it serves `/status`.
+async fn members(
+    config: &Config,
+    group: &str,
+) -> Result<Vec<(String, String, Option<std::net::SocketAddr>)>, Error> {
+    let consumer: BaseConsumer = kafka::client_config(config, &[])
+        .create()
+        .map_err(Error::kafka)?;
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let list = consumer
+            .fetch_group_list(Some(&group), KAFKA_TIMEOUT)
+            .map_err(Error::kafka)?;
+        let mut members: Vec<_> = list
+            .groups()
+            .iter()
+            .flat_map(|g| g.members())
+            .map(|m| {
+                (
+                    m.client_id().to_owned(),
+                    m.client_host().to_owned(),
+                    kafka::member_status_addr(m.client_id(), m.client_host()),
+                )
+            })
+            .collect();
+        members.sort();
+        Ok(members)
+    })
+    .await
+    .map_err(|e| Error::Kafka(e.to_string()))?
+}
+
 /// (partition, committed offset, end offset, lag) for `group` on `topic`; empty when the topic
 /// does not exist.
-async fn lag(
+pub(crate) async fn lag(
     config: &Config,
     group: &str,
     topic: &str,

@@ -611,83 +611,31 @@ impl Client {
     }
 
     /// Every document of `index` (an index, alias or pattern; nothing when it does not exist) as
-    /// `(concrete index, id, _version)`, read with the scroll API in pages of
-    /// [`SCAN_PAGE_SIZE`] (it works on Elasticsearch and OpenSearch alike, where
-    /// `_delete_by_query` needs a module the minimal distributions lack). The scroll is cleared
-    /// at the end, also after an error. A page with failed shards is a retryable error, since a
-    /// partial list would leave documents behind.
+    /// `(concrete index, id, _version)`: all pages of a [`Scan`].
     pub async fn scan_versions(
         &self,
         index: &str,
     ) -> Result<Vec<(String, String, u64)>, ElasticError> {
+        let mut scan = self.scan(index);
         let mut found = Vec::new();
-        let mut scroll_id = None;
-        let result = self.scroll(index, &mut scroll_id, &mut found).await;
-        if let Some(id) = scroll_id
-            && let Err(error) = self.clear_scroll(&id).await
-        {
-            // The context expires by itself after SCROLL_KEEP_ALIVE.
-            tracing::warn!(%index, %error, "could not clear a scroll");
+        let result = async {
+            while let Some(page) = scan.next_page().await? {
+                found.extend(page);
+            }
+            Ok(())
         }
+        .await;
+        scan.close().await;
         result.map(|()| found)
     }
 
-    async fn scroll(
-        &self,
-        index: &str,
-        scroll_id: &mut Option<String>,
-        found: &mut Vec<(String, String, u64)>,
-    ) -> Result<(), ElasticError> {
-        let mut url = self.url(&[index, "_search"])?;
-        url.query_pairs_mut()
-            .append_pair("scroll", SCROLL_KEEP_ALIVE)
-            .append_pair("ignore_unavailable", "true")
-            .append_pair("allow_no_indices", "true")
-            .append_pair("filter_path", SCROLL_FILTER_PATH);
-        let body = request::to_json(&request::scan_body(SCAN_PAGE_SIZE))?;
-        let mut reply = self
-            .execute(Method::POST, url, Some((body, JSON)))
-            .await?
-            .success()?;
-        loop {
-            let page: ScrollPage = reply.parse()?;
-            if let Some(id) = page.scroll_id {
-                *scroll_id = Some(id);
-            }
-            if let Some(failure) = page.shards.failure() {
-                return Err(ElasticError::Retryable {
-                    reason: format!("{}: {failure}", reply.what),
-                });
-            }
-            if page.timed_out {
-                return Err(ElasticError::Retryable {
-                    reason: format!("{} timed out", reply.what),
-                });
-            }
-            if page.hits.hits.is_empty() {
-                return Ok(());
-            }
-            for hit in page.hits.hits {
-                let Some(version) = hit.version else {
-                    return Err(ElasticError::Retryable {
-                        reason: format!("{}: document [{}] has no _version", reply.what, hit.id),
-                    });
-                };
-                found.push((hit.index, hit.id, version));
-            }
-            let Some(id) = scroll_id.as_deref() else {
-                return Err(ElasticError::Retryable {
-                    reason: format!("{} returned no scroll id", reply.what),
-                });
-            };
-            let mut url = self.url(&["_search", "scroll"])?;
-            url.query_pairs_mut()
-                .append_pair("filter_path", SCROLL_FILTER_PATH);
-            let body = request::to_json(&json!({ "scroll": SCROLL_KEEP_ALIVE, "scroll_id": id }))?;
-            reply = self
-                .execute(Method::POST, url, Some((body, JSON)))
-                .await?
-                .success()?;
+    /// A scan of every document of `index` (an index, alias or pattern), page by page.
+    pub fn scan(&self, index: &str) -> Scan<'_> {
+        Scan {
+            client: self,
+            index: index.to_owned(),
+            scroll_id: None,
+            finished: false,
         }
     }
 
@@ -768,6 +716,99 @@ impl Client {
             body,
             what,
         })
+    }
+}
+
+/// Every document of an index read with the scroll API in pages of [`SCAN_PAGE_SIZE`], as
+/// `(concrete index, id, _version)` (it works on Elasticsearch and OpenSearch alike, where
+/// `_delete_by_query` needs a module the minimal distributions lack). A page with failed shards
+/// is a retryable error, since a partial list would leave documents behind. [`Scan::close`]
+/// clears the scroll; one left open expires by itself after a minute.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    client: &'a Client,
+    index: String,
+    scroll_id: Option<String>,
+    finished: bool,
+}
+
+impl Scan<'_> {
+    /// The next page, or `None` after the last one (an index that does not exist has none).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<(String, String, u64)>>, ElasticError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let client = self.client;
+        let reply = match self.scroll_id.as_deref() {
+            None => {
+                let mut url = client.url(&[&self.index, "_search"])?;
+                url.query_pairs_mut()
+                    .append_pair("scroll", SCROLL_KEEP_ALIVE)
+                    .append_pair("ignore_unavailable", "true")
+                    .append_pair("allow_no_indices", "true")
+                    .append_pair("filter_path", SCROLL_FILTER_PATH);
+                let body = request::to_json(&request::scan_body(SCAN_PAGE_SIZE))?;
+                client
+                    .execute(Method::POST, url, Some((body, JSON)))
+                    .await?
+                    .success()?
+            }
+            Some(id) => {
+                let mut url = client.url(&["_search", "scroll"])?;
+                url.query_pairs_mut()
+                    .append_pair("filter_path", SCROLL_FILTER_PATH);
+                let body =
+                    request::to_json(&json!({ "scroll": SCROLL_KEEP_ALIVE, "scroll_id": id }))?;
+                client
+                    .execute(Method::POST, url, Some((body, JSON)))
+                    .await?
+                    .success()?
+            }
+        };
+        let page: ScrollPage = reply.parse()?;
+        if let Some(id) = page.scroll_id {
+            self.scroll_id = Some(id);
+        }
+        if let Some(failure) = page.shards.failure() {
+            return Err(ElasticError::Retryable {
+                reason: format!("{}: {failure}", reply.what),
+            });
+        }
+        if page.timed_out {
+            return Err(ElasticError::Retryable {
+                reason: format!("{} timed out", reply.what),
+            });
+        }
+        if page.hits.hits.is_empty() {
+            self.finished = true;
+            return Ok(None);
+        }
+        if self.scroll_id.is_none() {
+            return Err(ElasticError::Retryable {
+                reason: format!("{} returned no scroll id", reply.what),
+            });
+        }
+        page.hits
+            .hits
+            .into_iter()
+            .map(|hit| match hit.version {
+                Some(version) => Ok((hit.index, hit.id, version)),
+                None => Err(ElasticError::Retryable {
+                    reason: format!("{}: document [{}] has no _version", reply.what, hit.id),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Clears the scroll (also after an error).
+    pub async fn close(self) {
+        if let Some(id) = self.scroll_id
+            && let Err(error) = self.client.clear_scroll(&id).await
+        {
+            // The context expires by itself after SCROLL_KEEP_ALIVE.
+            tracing::warn!(index = %self.index, %error, "could not clear a scroll");
+        }
     }
 }
 

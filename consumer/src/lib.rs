@@ -13,6 +13,7 @@ pub mod offsets;
 pub mod script;
 mod sink;
 mod stats;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use serde_json::Value;
 use sluice_common::config::{Config, JsonSource, Problem};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::{self, Health};
+pub use verify::{Options as VerifyOptions, verify};
 
 use crate::event::IndexTemplate;
 use crate::script::Scripts;
@@ -106,7 +108,7 @@ pub async fn run(
             "add a sink under `sinks`",
         )]));
     }
-    let config = Arc::new(config);
+    let mut config = config;
     // The recorder first: the sinks' metric handles bind to it when they are made.
     telemetry::metrics_handle().map_err(|e| Error::Setup {
         sink: "*".to_owned(),
@@ -129,8 +131,10 @@ pub async fn run(
         Arc::new(move || Value::Array(all_stats.iter().map(|s| s.to_json()).collect()))
             as telemetry::StatusFn
     };
-    telemetry::serve(
-        config.telemetry.consumer_listen,
+    let bound = telemetry::serve(
+        config
+            .telemetry
+            .listen(sluice_common::config::Process::Consumer),
         health.clone(),
         Some(status),
         shutdown.child_token(),
@@ -140,6 +144,10 @@ pub async fn run(
         sink: "*".to_owned(),
         message: e.to_string(),
     })?;
+    // Where this process really listens: group members name it in their client id, so
+    // `status` finds every process of a group.
+    config.telemetry.consumer_listen = Some(bound);
+    let config = Arc::new(config);
 
     let stop = shutdown.child_token();
     let mut sinks = tokio::task::JoinSet::new();

@@ -32,6 +32,25 @@ enum Command {
     Check,
     /// Show per-partition lag and outcome counts.
     Status,
+    /// Compare the sink's index with its table: missing, extra and stale documents. Exit 0 in
+    /// sync, 1 drift found, 2 bad input.
+    Verify {
+        /// The sink to check.
+        sink: String,
+        /// Fix what was found: backfill missing and stale rows again (through the running
+        /// producer), delete extra documents, then check those again.
+        #[arg(long)]
+        repair: bool,
+        /// Only rows matching this SQL condition over the table's columns.
+        #[arg(long = "where", value_name = "CONDITION")]
+        condition: Option<String>,
+        /// `human` (default) or `json`.
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        format: String,
+        /// How long to wait for the sink to catch up before differences are checked again.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,12 +62,17 @@ fn main() -> ExitCode {
             return exit(EXIT_CONFIG);
         }
     };
-    if let Command::Run { sink: Some(name) } = &cli.command
+    let named = match &cli.command {
+        Command::Run { sink: Some(name) } => Some(("--sink ", name)),
+        Command::Verify { sink, .. } => Some(("", sink)),
+        _ => None,
+    };
+    if let Some((flag, name)) = named
         && config.sink(name).is_none()
     {
         let known: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
         eprintln!(
-            "sluice-consumer: --sink {name}: no such sink in the config (known: {})",
+            "sluice-consumer: {flag}{name}: no such sink in the config (known: {})",
             known.join(", ")
         );
         return exit(EXIT_CONFIG);
@@ -68,15 +92,33 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run { sink } => {
-                sluice_consumer::run(config, sink, shutdown::on_signals()).await
+            Command::Run { sink } => sluice_consumer::run(config, sink, shutdown::on_signals())
+                .await
+                .map(|()| true),
+            Command::Check => sluice_consumer::check(config).await.map(|()| true),
+            Command::Status => sluice_consumer::status(config).await.map(|()| true),
+            Command::Verify {
+                sink,
+                repair,
+                condition,
+                format,
+                settle,
+            } => {
+                let options = sluice_consumer::VerifyOptions {
+                    sink,
+                    repair,
+                    condition,
+                    json: format == "json",
+                    settle,
+                };
+                // `false`: drift found; the report said what differs.
+                sluice_consumer::verify(config, options).await
             }
-            Command::Check => sluice_consumer::check(config).await,
-            Command::Status => sluice_consumer::status(config).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => exit(EXIT_FAILURE),
         Err(error) => {
             tracing::error!(%error, "sluice-consumer failed");
             eprintln!("sluice-consumer: {error}");

@@ -26,17 +26,15 @@ use backon::BackoffBuilder as _;
 use sluice_common::config::Config;
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
-use sluice_proto::key;
-use sluice_proto::v1::Value;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::control::{self, Job, literal};
-use super::{Backfills, Chunk, ChunkId, ChunkRow, Outcome, watermark};
-use crate::catalog::{self, PgTarget, quote_ident, quote_table};
+use super::rows::{Shape, chunk_query, describe, parse_rows};
+use super::{Backfills, Chunk, ChunkId, Outcome, watermark};
+use crate::catalog::{self, PgTarget, quote_table};
 use crate::checkpoint::Checkpoint;
-use crate::encode::{ColumnInfo, RelationInfo};
 use crate::error::Error;
-use crate::pgoutput::{self, TypeKind, parse_text};
+use crate::pgoutput::TypeKind;
 use crate::stream::MESSAGE_PREFIX;
 
 /// Chunks in flight: the next chunk is read while Kafka acknowledges the previous one, never
@@ -224,16 +222,6 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// The table as a backfill reads it.
-#[derive(Debug)]
-struct Shape {
-    relation: Arc<RelationInfo>,
-    /// Column name and type OID, to notice schema changes.
-    columns: Vec<(String, u32)>,
-    /// `format_type` of each key column, for the typed literals of the last key.
-    key_types: Vec<String>,
-}
-
 async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     let sql = context.target.connect().await?;
     let Some(table) = context.config.table(&state.table) else {
@@ -278,7 +266,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
         acknowledged(context, state, PIPELINE - 1).await?;
         let current = describe(
             &sql,
-            context,
+            &context.config,
             (schema, name),
             &key_columns,
             &mut types,
@@ -336,6 +324,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
                 relation: shape.relation.clone(),
                 table: state.table.clone(),
                 rows,
+                completed: 0,
             },
         );
         sql.batch_execute(&format!(
@@ -545,162 +534,6 @@ pub async fn estimate(
         .map(|rows| rows.round() as i64))
 }
 
-/// Reads the table's columns as pgoutput would describe them (no dropped or generated ones),
-/// reusing the last shape while they stay the same.
-async fn describe(
-    sql: &Client,
-    context: &Context,
-    (schema, name): (&str, &str),
-    key_columns: &[String],
-    types: &mut HashMap<u32, (String, TypeKind)>,
-    previous: Option<Arc<Shape>>,
-) -> Result<Arc<Shape>, Error> {
-    let rows = sql
-        .query(
-            "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a
-             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
-               AND a.attgenerated = ''
-             ORDER BY a.attnum",
-            &[&schema, &name],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("reading the columns of {schema}.{name}"), e))?;
-    let columns: Vec<(String, u32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    if let Some(previous) = previous
-        && previous.columns == columns
-    {
-        return Ok(previous);
-    }
-    let mut infos = Vec::with_capacity(columns.len());
-    for (column, oid) in &columns {
-        let (type_name, kind) = match pgoutput::builtin(*oid) {
-            Some((type_name, kind)) => (type_name.to_owned(), kind),
-            None => match types.get(oid) {
-                Some(known) => known.clone(),
-                None => {
-                    let resolved = catalog::resolve_type(sql, *oid).await?;
-                    types.insert(*oid, resolved.clone());
-                    resolved
-                }
-            },
-        };
-        infos.push(ColumnInfo {
-            name: column.clone(),
-            type_name,
-            kind,
-        });
-    }
-    let mut key = Vec::with_capacity(key_columns.len());
-    let mut key_types = Vec::with_capacity(key_columns.len());
-    for key_column in key_columns {
-        let index = columns
-            .iter()
-            .position(|(c, _)| c == key_column)
-            .ok_or_else(|| {
-                Error::Setup(format!(
-                    "key column `{key_column}` of {schema}.{name} is not in the table any more"
-                ))
-            })?;
-        key.push(index);
-        key_types.push(rows[index].get::<_, String>(2));
-    }
-    let table = format!("{schema}.{name}");
-    let topic = context.config.topic_for(&table);
-    Ok(Arc::new(Shape {
-        relation: Arc::new(RelationInfo {
-            schema: schema.to_owned(),
-            table: name.to_owned(),
-            topic,
-            partitions: context.config.kafka.partitions,
-            columns: infos,
-            key,
-        }),
-        columns,
-        key_types,
-    }))
-}
-
-/// `SELECT <every column> FROM t WHERE (keys) > (last key) AND (condition) ORDER BY keys LIMIT n`.
-fn chunk_query(
-    quoted_table: &str,
-    shape: &Shape,
-    key_columns: &[String],
-    after: Option<&[String]>,
-    condition: Option<&str>,
-    limit: u32,
-) -> String {
-    let columns: Vec<String> = shape
-        .relation
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
-    let keys: Vec<String> = key_columns.iter().map(|c| quote_ident(c)).collect();
-    let keys = keys.join(", ");
-    let mut filters = Vec::new();
-    if let Some(after) = after {
-        let values: Vec<String> = after
-            .iter()
-            .zip(&shape.key_types)
-            .map(|(value, type_name)| format!("{}::{type_name}", literal(value)))
-            .collect();
-        filters.push(format!("({keys}) > ({})", values.join(", ")));
-    }
-    if let Some(condition) = condition {
-        // Line breaks: a trailing `--` comment in the condition cannot swallow what follows.
-        filters.push(format!("(\n{condition}\n)"));
-    }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", filters.join(" AND "))
-    };
-    format!(
-        "SELECT {} FROM {quoted_table}{filter} ORDER BY {keys} LIMIT {limit}",
-        columns.join(", ")
-    )
-}
-
-/// Typed rows with their Kafka keys, and the text of the last row's key columns.
-fn parse_rows(
-    shape: &Shape,
-    messages: &[SimpleQueryMessage],
-) -> (Vec<ChunkRow>, Option<Vec<String>>) {
-    let relation = &shape.relation;
-    let mut rows = Vec::with_capacity(messages.len());
-    let mut last_key = None;
-    let mut last_row = None;
-    for message in messages {
-        let SimpleQueryMessage::Row(row) = message else {
-            continue;
-        };
-        let values: Vec<Value> = relation
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, column)| match row.get(i) {
-                Some(text) => parse_text(&column.kind, text),
-                None => Value::null(),
-            })
-            .collect();
-        let key = key::encode(relation.key.iter().filter_map(|&i| values.get(i)));
-        rows.push(ChunkRow { key, values });
-        last_row = Some(row);
-    }
-    if let Some(row) = last_row {
-        last_key = Some(
-            relation
-                .key
-                .iter()
-                .map(|&i| row.get(i).unwrap_or_default().to_owned())
-                .collect(),
-        );
-    }
-    (rows, last_key)
-}
-
 /// Rows per second for all backfills together.
 #[derive(Debug)]
 struct Limiter {
@@ -737,50 +570,6 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shape() -> Shape {
-        let column = |name: &str| ColumnInfo {
-            name: name.into(),
-            type_name: "text".into(),
-            kind: TypeKind::Text,
-        };
-        Shape {
-            relation: Arc::new(RelationInfo {
-                schema: "public".into(),
-                table: "t".into(),
-                topic: "x".into(),
-                partitions: 1,
-                columns: vec![column("tenant"), column("id"), column("note")],
-                key: vec![0, 1],
-            }),
-            columns: Vec::new(),
-            key_types: vec!["text".into(), "integer".into()],
-        }
-    }
-
-    #[test]
-    fn chunks_page_by_the_whole_key_with_typed_literals() {
-        let keys = ["tenant".to_owned(), "id".to_owned()];
-        let first = chunk_query("\"public\".\"t\"", &shape(), &keys, None, None, 10);
-        assert_eq!(
-            first,
-            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" ORDER BY \"tenant\", \"id\" LIMIT 10"
-        );
-        let next = chunk_query(
-            "\"public\".\"t\"",
-            &shape(),
-            &keys,
-            Some(&["o'hara".to_owned(), "7".to_owned()]),
-            Some("note <> 'x' -- comment"),
-            10,
-        );
-        assert_eq!(
-            next,
-            "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" WHERE (\"tenant\", \"id\") > \
-             (E'o''hara'::text, E'7'::integer) AND (\nnote <> 'x' -- comment\n) \
-             ORDER BY \"tenant\", \"id\" LIMIT 10"
-        );
-    }
 
     #[test]
     fn in_progress_transactions_are_read_from_the_snapshot_text() {
