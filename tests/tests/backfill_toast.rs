@@ -165,3 +165,181 @@ async fn a_backfill_keeps_rows_whose_window_saw_only_updates_without_their_toast
     );
     context.cleanup().await.unwrap();
 }
+
+/// Inserts, deletes and updates of `items`, half of the updates leaving `body` out, until `stop`.
+fn spawn_mixed_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let db = connect(&url).await.unwrap();
+        let mut transactions = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let pick = "(SELECT (1 + floor(random() * 9000))::int)";
+            db.batch_execute(&format!(
+                "BEGIN;
+                 UPDATE items SET qty = qty + 1 WHERE id = {pick};
+                 UPDATE items SET qty = qty + 1, body = body || 'x' WHERE id = {pick};
+                 DELETE FROM items WHERE id = {pick};
+                 INSERT INTO items VALUES (nextval('new_ids'), 0,
+                   (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 300)));
+                 COMMIT;"
+            ))
+            .await
+            .unwrap();
+            transactions += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        transactions
+    })
+}
+
+/// `kill -9` of the producer and of one of two consumers during an initial backfill of TOASTed
+/// rows under writes: `verify` then finds nothing missing, extra or stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_a_backfill_under_writes_leaves_nothing_for_verify_to_find() {
+    let context = TestContext::new("backfill_kill").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, body text NOT NULL);
+         INSERT INTO items
+           SELECT g, 0, CASE WHEN g % {TOASTED_EVERY} = 0
+                             THEN (SELECT string_agg(md5(g::text || s::text), '')
+                                   FROM generate_series(1, 300) s)
+                             ELSE 'short ' || g END
+           FROM generate_series(1, {ROWS}) g;
+         CREATE SEQUENCE new_ids START 100000;
+         ANALYZE items;"
+    ))
+    .await
+    .unwrap();
+    let sink = context.sink_yaml(
+        "items",
+        "public.items",
+        Cluster::Elasticsearch,
+        "items",
+        "",
+        "",
+    );
+    let yaml = context.config_yaml(
+        "  - name: public.items\n    backfill: true",
+        &format!(
+            "producer:\n  backfill_chunk_size: 200\n  backfill_max_rows_per_second: 3000\nsinks:\n{sink}"
+        ),
+    );
+    let path = context.write_config(&yaml).unwrap();
+    let start = |binary: &str, log: &str| {
+        sluice_tests::Process::start(
+            binary,
+            &["--config", path.to_str().unwrap(), "run"],
+            path.with_file_name(log),
+        )
+        .unwrap()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_mixed_writer(context.postgres_url(), stop.clone());
+    let mut producer = start("sluice-producer", "producer-1.log");
+    let mut consumers = [
+        start("sluice-consumer", "consumer-1.log"),
+        start("sluice-consumer", "consumer-2.log"),
+    ];
+    let rows_done = || async {
+        db.query_opt(
+            "SELECT rows_done, state FROM sluice.backfills WHERE table_name = 'public.items'",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, String>(1)))
+    };
+    // Kill the producer once a third of the rows are saved, a consumer at two thirds.
+    eventually(WAIT, "a third backfilled", || async {
+        Ok(rows_done()
+            .await
+            .filter(|(done, _)| *done >= i64::from(ROWS / 3))
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    producer.kill9().await.unwrap();
+    let mut producer = start("sluice-producer", "producer-2.log");
+    eventually(WAIT, "two thirds backfilled", || async {
+        Ok(rows_done()
+            .await
+            .filter(|(done, _)| *done >= i64::from(2 * ROWS / 3))
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    consumers[0].kill9().await.unwrap();
+    consumers[0] = start("sluice-consumer", "consumer-3.log");
+    eventually(WAIT, "the backfill is done", || async {
+        Ok(rows_done()
+            .await
+            .filter(|(_, state)| state == "done")
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let transactions = writer.await.unwrap();
+    assert!(
+        transactions > 50,
+        "the writer ran ({transactions} transactions)"
+    );
+
+    let sink_name = context.sink_name("items");
+    let report = eventually(
+        WAIT,
+        "verify finds the index equal to the table",
+        || async {
+            let mut verify = sluice_tests::Process::start(
+                "sluice-consumer",
+                &[
+                    "--config",
+                    path.to_str().unwrap(),
+                    "verify",
+                    &sink_name,
+                    "--format",
+                    "json",
+                    "--settle",
+                    "30s",
+                ],
+                path.with_file_name("verify.log"),
+            )?;
+            let code = verify.wait(WAIT).await?;
+            let output = verify.output();
+            let _ = std::fs::remove_file(path.with_file_name("verify.log"));
+            let report: Value = output
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .filter(Value::is_object)
+                })
+                .ok_or_else(|| anyhow::anyhow!("no report (exit {code:?}):\n{output}"))?;
+            anyhow::ensure!(code == Some(0), "exit {code:?}: {report}");
+            Ok(Some(report))
+        },
+    )
+    .await
+    .unwrap();
+    for kind in ["missing", "extra", "stale"] {
+        assert_eq!(report[kind]["count"], 0, "{report}");
+    }
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(report["rows"], rows, "{report}");
+    assert_eq!(report["documents"], rows, "{report}");
+    for process in consumers.iter_mut().chain([&mut producer]) {
+        assert_eq!(
+            process.terminate(WAIT).await.unwrap(),
+            Some(0),
+            "{}",
+            process.output()
+        );
+    }
+    context.cleanup().await.unwrap();
+}
