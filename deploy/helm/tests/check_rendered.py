@@ -174,7 +174,7 @@ def kafka_tls_sasl(docs):
     for d in objects(docs, "Deployment"):
         c = container(d)
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-        check(mounts.get("/etc/sluice/tls", {}).get("readOnly") is True, "CA Secret mounted")
+        check(mounts.get("/etc/sluice-tls", {}).get("readOnly") is True, "CA Secret mounted")
         check(env_of(c)["KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "sluice-kafka", "Kafka password from its Secret")
     s = by_name(docs, "ScaledObject", "sluice-consumer-products-search")
     trigger = s.get("spec", {}).get("triggers", [{}])[0]

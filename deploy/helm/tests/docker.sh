@@ -8,12 +8,14 @@
 # "SKIPPED …" line when there is no image or no services.
 #
 #   tests/docker.sh CHART TESTS-DIR WORK-DIR
+#
+# The image is sluice:local (deploy/docker/build.sh), or $SLUICE_IMAGE.
 set -uo pipefail
 CHART=$1
 TESTS=$2
 WORK=$3
 REPO=$(cd "$TESTS/../../.." && pwd)
-IMAGE=sluice:local
+IMAGE=${SLUICE_IMAGE:-sluice:local}
 ID=$(date +%s | tail -c 6)$$
 NAME=sluice-helm-$ID
 
@@ -80,7 +82,7 @@ psql "${SLUICE_TEST_PG_URL%/*}/$DB" -c "CREATE TABLE products (id int PRIMARY KE
 sed -e "s/@ID@/$ID/g" -e "s|@KAFKA@|$SLUICE_TEST_KAFKA_BROKERS|" -e "s|@ES@|$SLUICE_TEST_ELASTICSEARCH_URL|" \
   "$TESTS/docker-values.yaml" >"$WORK/docker-values.yaml"
 if ! helm template sluice "$CHART" -f "$WORK/docker-values.yaml" --kube-version "${KUBE_VERSION:-1.37.2}" \
-  >"$WORK/docker.yaml" 2>"$WORK/docker.err"; then
+  --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" >"$WORK/docker.yaml" 2>"$WORK/docker.err"; then
   failed "render the Docker values"
   cat "$WORK/docker.err"
   exit 1
