@@ -49,7 +49,7 @@ make_certs() {
 }
 
 start() {
-  apt_install etcd-server openssl
+  apt_install etcd-server openssl curl
   local bin
   bin=$("$KUBE_DIR/build.sh")
   stop

@@ -24,6 +24,7 @@ if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kubectl" ] && [ -x "$BIN_D
   exit 0
 fi
 
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || die "go is needed to build kube-apiserver, kubectl and helm (Go module proxy)"
 mkdir -p "$BIN_DIR"
 # One build at a time per machine: a second caller waits for the first one's binaries.
