@@ -141,7 +141,7 @@ check_pod() {
     docker logs "$container" 2>&1 | tail -20
   fi
   echo "$process memory: $(docker stats --no-stream --format '{{.MemUsage}}' "$container")"
-  expect_eq "$process: runs as uid 10001" "$(docker top "$container" -o uid | tail -n +2 | head -1 | tr -d ' ')" 10001
+  expect_eq "$process: runs as uid 10001" "$(docker top "$container" -o pid,uid | awk 'NR == 2 {print $2}')" 10001
   if docker exec "$container" sh -c true 2>/dev/null; then
     if docker exec "$container" sh -c 'echo x >/written' 2>"$WORK/ro.err"; then
       failed "$process: the root filesystem is writable"
@@ -156,6 +156,7 @@ check_pod() {
       failed "$process: /tmp is not writable"
     fi
     docker exec "$container" cat /proc/1/status >"$WORK/status"
+    expect_eq "$process: gid 10001" "$(awk '/^Gid:/ {print $2}' "$WORK/status")" 10001
     expect_eq "$process: no capabilities" "$(awk '/^CapEff/ {print $2}' "$WORK/status")" 0000000000000000
     expect_eq "$process: no privilege escalation" "$(awk '/^NoNewPrivs/ {print $2}' "$WORK/status")" 1
   else
