@@ -32,6 +32,7 @@ cleanup() {
 trap cleanup EXIT
 kube_env=$("$HELM_DIR/../kube/apiserver.sh" start) || die "the API server did not start"
 eval "$kube_env"
+export KUBE_VERSION
 KUBE_VERSION=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
 log "helm $(helm version --short), kubectl and kube-apiserver $KUBE_VERSION"
 
