@@ -120,7 +120,7 @@ wait_http() {
 
 # check_pod PROCESS: probes, user, read-only root, capabilities of a running container.
 check_pod() {
-  local process=$1 port path budget took container=$NAME-$1
+  local process=$1 port path budget took first container=$NAME-$1
   port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$spec")
   first=livenessProbe
   grep -q '"startupProbe"' "$spec" && first=startupProbe
