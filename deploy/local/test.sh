@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the build needs, starts the real services, runs formatting and
-# lint checks and the whole test suite (end-to-end included), then stops the services.
+# lint checks and the whole test suite (end-to-end included), then the image and Compose test on
+# a Docker engine (deploy/compose/test.sh), then stops the services.
 # Fails if a service does not come up or any check or test fails.
 #
 #   deploy/local/test.sh [extra cargo test arguments]
@@ -30,3 +31,5 @@ log "cargo build --bins"
 cargo build --locked --workspace --bins
 log "cargo test"
 cargo test --locked --workspace "$@"
+log "image and compose end-to-end test"
+deploy/compose/test.sh
