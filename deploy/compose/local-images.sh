@@ -28,6 +28,7 @@ es_version=${es_home##*-}
 # jars do not include.
 tools_dir="$SLUICE_CACHE_DIR/kafka/tools-$kafka_version"
 if [ ! -s "$tools_dir/kafka-tools-$kafka_version.jar" ]; then
+  command -v mvn >/dev/null 2>&1 || apt_install maven
   log "fetching org.apache.kafka:kafka-tools:$kafka_version from Maven Central"
   maven_fetch "org.apache.kafka:kafka-tools:$kafka_version" "$tools_dir"
 fi
