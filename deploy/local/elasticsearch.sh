@@ -6,6 +6,7 @@
 #   deploy/local/elasticsearch.sh stop    SIGTERM, wait, kill; keeps data, ports and the API key
 #   deploy/local/elasticsearch.sh env     prints the export lines when running (exit 1 otherwise)
 #   deploy/local/elasticsearch.sh clean   stop, then delete data, logs, keystore, API key, ports
+#   deploy/local/elasticsearch.sh fetch   only fetch and unpack the distribution; prints its directory
 #
 # Exports SLUICE_TEST_ELASTICSEARCH_URL, _API_KEY (the `encoded` value of an API key with all
 # privileges on non-restricted indices and cluster `monitor` and `manage_index_templates`), _USER (elastic) and _PASSWORD.
@@ -406,6 +407,15 @@ cmd_env() {
   cat "$ES_ENV_FILE"
 }
 
+# cmd_fetch: the distribution with the analysis shim, for the local container image.
+cmd_fetch() {
+  require_tools
+  ES_JAVA=$(java_home_at_least 21) || die "no JDK 21+ in /usr/lib/jvm (Elasticsearch 9 needs one)"
+  install_distribution
+  install_analysis_shim
+  echo "$ES_HOME"
+}
+
 cmd_clean() {
   cmd_stop
   log "deleting $ES_STATE"
@@ -419,8 +429,9 @@ case "${1:-}" in
   stop) cmd_stop ;;
   env) cmd_env ;;
   clean) cmd_clean ;;
+  fetch) cmd_fetch ;;
   *)
-    echo "usage: $0 start|stop|env|clean" >&2
+    echo "usage: $0 start|stop|env|clean|fetch" >&2
     exit 2
     ;;
 esac

@@ -2,7 +2,7 @@
 # A real Apache Kafka (single node, KRaft combined broker+controller) on 127.0.0.1 for the
 # end-to-end tests, run from Maven Central jars (no tarball, no Docker).
 #
-#   deploy/local/kafka.sh start|stop|env|clean
+#   deploy/local/kafka.sh start|stop|env|clean|fetch
 #
 # start prints `export NAME=value` lines on stdout (and writes them to $SLUICE_STATE_DIR/kafka.env);
 # progress goes to stderr. Ports are picked once and kept across stop/start (overrides:
@@ -376,8 +376,13 @@ case "${1:-}" in
   stop) cmd_stop ;;
   env) cmd_env ;;
   clean) cmd_clean ;;
+  fetch)
+    # Only the jars (for the local container image): prints their directory.
+    fetch_jars
+    echo "$LIBS"
+    ;;
   *)
-    echo "usage: $0 start|stop|env|clean" >&2
+    echo "usage: $0 start|stop|env|clean|fetch" >&2
     exit 2
     ;;
 esac

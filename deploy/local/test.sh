@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the build needs, starts the real services, runs formatting and
-# lint checks and the whole test suite (end-to-end included) and the Helm chart's tests, then
-# stops the services.
+# lint checks and the whole test suite (end-to-end included), then the image and Compose test on
+# a Docker engine (deploy/compose/test.sh) and the Helm chart's tests (a local Kubernetes API
+# server, and the chart's container spec run with that image), then stops the services.
 # Fails if a service does not come up or any check or test fails.
 #
 #   deploy/local/test.sh [extra cargo test arguments]
@@ -31,6 +32,8 @@ log "cargo build --bins"
 cargo build --locked --workspace --bins
 log "cargo test"
 cargo test --locked --workspace "$@"
+log "image and compose end-to-end test"
+deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.
 log "Helm chart"
 deploy/helm/test.sh
