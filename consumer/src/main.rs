@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "sluice-consumer failed");
+            // Once, as plain text: logs may be JSON, and the log line would repeat it.
             eprintln!("sluice-consumer: {error}");
             exit(error.exit_code())
         }
