@@ -146,8 +146,7 @@ impl StreamState {
                     self.confirm(source);
                 }
                 WalEvent::Data { lsn, data } => {
-                    let message =
-                        pgoutput::decode(data).map_err(|e| Error::Decode(e.to_string()))?;
+                    let message = pgoutput::decode(data)?;
                     self.handle(message, lsn, open.as_mut(), sql).await?;
                 }
                 WalEvent::KeepAlive { wal_end } => {
@@ -298,7 +297,7 @@ impl StreamState {
             }
         };
         let Some(tx) = tx else {
-            return Err(Error::Decode(format!(
+            return Err(Error::Protocol(format!(
                 "a change at {} outside a transaction",
                 stats::format_lsn(lsn)
             )));
@@ -307,7 +306,7 @@ impl StreamState {
             Some(Some(captured)) => captured.clone(),
             Some(None) => return Ok(()), // a table in the publication that this config does not capture
             None => {
-                return Err(Error::Decode(format!(
+                return Err(Error::Protocol(format!(
                     "a change of relation {relation_id} arrived before its Relation message"
                 )));
             }
@@ -327,7 +326,7 @@ impl StreamState {
             }
             _ => return Ok(()),
         };
-        let out = encoded.map_err(|e| Error::Setup(e.to_string()))?;
+        let out = encoded?;
         if self.backfills.watching() {
             self.backfills
                 .on_changes(&captured.name, out.iter().map(|o| o.key.as_slice()));
