@@ -139,11 +139,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
   PIDS=()
   if [ -n "$CLEAN_SLOT" ]; then
-    for _ in $(seq 1 50); do
-      admin_sql "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$CLEAN_SLOT'" \
-        >/dev/null 2>&1 && break
-      sleep 0.2
-    done
+    drop_slot admin_sql "$CLEAN_SLOT"
     CLEAN_SLOT=''
   fi
   if [ -n "$CLEAN_DB" ]; then

@@ -101,6 +101,17 @@ require_time() {
   [ -x /usr/bin/time ] || die "/usr/bin/time is missing: apt-get install time"
 }
 
+# drop_slot SQL SLOT: drops the replication slot SLOT through the function SQL (which runs one
+# statement as a superuser), retrying for up to 10 s while the walsender lets go of it.
+drop_slot() {
+  for _ in $(seq 1 50); do
+    "$1" "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '$2'" \
+      >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  return 0
+}
+
 # machine_info: the lines docs/benchmarks.md starts with.
 machine_info() {
   echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"

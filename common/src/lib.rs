@@ -1,7 +1,9 @@
 //! What the sluice producer and consumer share: the configuration file (model, loading,
-//! validation), telemetry (logs, metrics, health endpoints) and shutdown handling.
+//! validation), telemetry (logs, metrics, health endpoints), shutdown handling and the one retry
+//! loop.
 
 pub mod config;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 

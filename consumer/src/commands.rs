@@ -132,20 +132,19 @@ pub async fn check(config: Config) -> Result<(), Error> {
 async fn partitions(config: &Config, topic: &str) -> Result<Option<usize>, Error> {
     let consumer: BaseConsumer = kafka::client_config(config, &[])
         .create()
-        .map_err(Error::kafka)?;
+        .map_err(Error::kafka("creating a metadata client"))?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let metadata = consumer
             .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .map_err(Error::kafka)?;
+            .map_err(Error::kafka(format!("reading the metadata of {topic}")))?;
         Ok(metadata
             .topics()
             .first()
             .filter(|t| t.error().is_none() && !t.partitions().is_empty())
             .map(|t| t.partitions().len()))
     })
-    .await
-    .map_err(|e| Error::Kafka(e.to_string()))?
+    .await?
 }
 
 /// Per partition: committed offset, end offset, lag. Per sink: dead letters, and the running
@@ -164,13 +163,14 @@ pub async fn status(config: Config) -> Result<(), Error> {
                 let _ = writeln!(out, "  topic {topic} does not exist yet");
             }
             Ok(partitions) => {
-                let total: i64 = partitions.iter().map(|p| p.3).sum();
+                let total: i64 = partitions.iter().map(|p| p.lag).sum();
                 let _ = writeln!(out, "  lag: {total} messages");
-                for (partition, committed, end, lag) in partitions {
-                    let committed = committed.map_or("none".to_owned(), |c| c.to_string());
+                for p in partitions {
+                    let committed = p.committed.map_or("none".to_owned(), |c| c.to_string());
                     let _ = writeln!(
                         out,
-                        "    partition {partition}: committed {committed}, end {end}, lag {lag}"
+                        "    partition {}: committed {committed}, end {}, lag {}",
+                        p.partition, p.end, p.lag
                     );
                 }
             }
@@ -181,7 +181,8 @@ pub async fn status(config: Config) -> Result<(), Error> {
         let dlq = sink.dlq_topic();
         match lag(&config, &format!("{}.status", sink.name), &dlq).await {
             Ok(partitions) => {
-                let size: i64 = partitions.iter().map(|p| p.2).sum();
+                // What the topic holds now: retention may have removed the oldest letters.
+                let size: i64 = partitions.iter().map(|p| p.end - p.earliest).sum();
                 let _ = writeln!(out, "  dead letters: {size} (topic {dlq})");
             }
             Err(error) => {
@@ -255,12 +256,12 @@ async fn members(
 ) -> Result<Vec<(String, String, Option<std::net::SocketAddr>)>, Error> {
     let consumer: BaseConsumer = kafka::client_config(config, &[])
         .create()
-        .map_err(Error::kafka)?;
+        .map_err(Error::kafka("creating a group client"))?;
     let group = group.to_owned();
     tokio::task::spawn_blocking(move || {
         let list = consumer
             .fetch_group_list(Some(&group), KAFKA_TIMEOUT)
-            .map_err(Error::kafka)?;
+            .map_err(Error::kafka(format!("reading the members of group {group}")))?;
         let mut members: Vec<_> = list
             .groups()
             .iter()
@@ -276,17 +277,27 @@ async fn members(
         members.sort();
         Ok(members)
     })
-    .await
-    .map_err(|e| Error::Kafka(e.to_string()))?
+    .await?
 }
 
-/// (partition, committed offset, end offset, lag) for `group` on `topic`; empty when the topic
-/// does not exist.
+/// Where one partition stands for a group.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PartitionLag {
+    pub(crate) partition: i32,
+    pub(crate) committed: Option<i64>,
+    /// The earliest offset the partition still holds.
+    pub(crate) earliest: i64,
+    /// One past the last offset written.
+    pub(crate) end: i64,
+    pub(crate) lag: i64,
+}
+
+/// Each partition of `topic` for `group`; empty when the topic does not exist.
 pub(crate) async fn lag(
     config: &Config,
     group: &str,
     topic: &str,
-) -> Result<Vec<(i32, Option<i64>, i64, i64)>, Error> {
+) -> Result<Vec<PartitionLag>, Error> {
     let consumer: BaseConsumer = kafka::client_config(
         config,
         &[
@@ -295,12 +306,12 @@ pub(crate) async fn lag(
         ],
     )
     .create()
-    .map_err(Error::kafka)?;
+    .map_err(Error::kafka("creating a group client"))?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let metadata = consumer
             .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .map_err(Error::kafka)?;
+            .map_err(Error::kafka(format!("reading the metadata of {topic}")))?;
         let Some(found) = metadata.topics().first().filter(|t| t.error().is_none()) else {
             return Ok(Vec::new());
         };
@@ -310,23 +321,30 @@ pub(crate) async fn lag(
         }
         let committed = consumer
             .committed_offsets(list, KAFKA_TIMEOUT)
-            .map_err(Error::kafka)?;
+            .map_err(Error::kafka(format!(
+                "reading the committed offsets of {topic}"
+            )))?;
         let mut rows = Vec::new();
         for element in committed.elements() {
             let partition = element.partition();
             let (low, high) = consumer
                 .fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
-                .map_err(Error::kafka)?;
+                .map_err(Error::kafka(format!("reading the offsets of {topic}")))?;
             let committed = match element.offset() {
                 Offset::Offset(offset) => Some(offset),
                 _ => None,
             };
             let lag = high - committed.unwrap_or(low).max(low);
-            rows.push((partition, committed, high, lag));
+            rows.push(PartitionLag {
+                partition,
+                committed,
+                earliest: low,
+                end: high,
+                lag,
+            });
         }
         rows.sort_unstable();
         Ok(rows)
     })
-    .await
-    .map_err(|e| Error::Kafka(e.to_string()))?
+    .await?
 }

@@ -1,5 +1,5 @@
-//! From a decoded [`ChangeEvent`] to what a sink needs: the script input (`action`, `record`,
-//! `changes`, `metadata`), the document `_id` and the index name.
+//! From a decoded [`ChangeEvent`] to JSON: the script input (`action`, `record`, `changes`,
+//! `metadata`) and the document of a sink without scripts.
 //!
 //! Column values become JSON the way Elasticsearch maps them best: numbers stay numbers, exact
 //! numerics become JSON numbers when a double holds them exactly enough (15 significant digits)
@@ -214,196 +214,13 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-/// The document `_id`: the primary key (or the sink's `id_columns`, read from the record).
-///
-/// One column gives its value as text (`42`, `3f2c…`). Several are joined with `:`, and a `:`
-/// or `\` inside a value is escaped with `\`, so two different keys never share an id
-/// (`(1, "a:b")` → `1:a\:b`, `(1, "a")` → `1:a`).
-pub fn document_id(event: &ChangeEvent, id_columns: Option<&[String]>) -> Result<String, String> {
-    let parts: Vec<String> =
-        match id_columns {
-            None => {
-                if event.key.is_empty() {
-                    return Err("the event has no key columns".to_owned());
-                }
-                event
-                    .key
-                    .iter()
-                    .map(|c| id_part(&c.name, c.value.as_ref()))
-                    .collect::<Result<_, _>>()?
-            }
-            Some(names) => names
-                .iter()
-                .map(|name| {
-                    let column = event.record.iter().find(|c| &c.name == name).ok_or_else(|| {
-                    format!(
-                        "id column `{name}` is not in the event (a delete carries only the key \
-                         unless the table has REPLICA IDENTITY FULL)"
-                    )
-                })?;
-                    id_part(name, column.value.as_ref())
-                })
-                .collect::<Result<_, _>>()?,
-        };
-    if let [single] = parts.as_slice() {
-        return Ok(single.clone());
-    }
-    let mut id = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            id.push(':');
-        }
-        for c in part.chars() {
-            if c == ':' || c == '\\' {
-                id.push('\\');
-            }
-            id.push(c);
-        }
-    }
-    Ok(id)
-}
-
-fn id_part(name: &str, value: Option<&v1::Value>) -> Result<String, String> {
-    let text = match value.and_then(|v| v.kind.as_ref()) {
-        None | Some(Kind::Null(_)) => return Err(format!("id column `{name}` is null")),
-        Some(Kind::Bool(b)) => b.to_string(),
-        Some(Kind::Int(i)) => i.to_string(),
-        Some(Kind::Double(d)) => d.to_string(),
-        Some(Kind::Bytes(b)) => base64(b),
-        Some(Kind::Array(_)) => {
-            return Err(format!(
-                "id column `{name}` is an array; arrays cannot make an id"
-            ));
-        }
-        Some(kind) => kind.as_text().unwrap_or_default().to_owned(),
-    };
-    if text.len() > 512 {
-        return Err(format!(
-            "id from column `{name}` is {} bytes; Elasticsearch allows 512",
-            text.len()
-        ));
-    }
-    Ok(text)
-}
-
-/// An index name, possibly with `{{ record.field }}` / `{{ metadata.field }}` parts.
-#[derive(Debug, Clone)]
-pub struct IndexTemplate {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone)]
-enum Part {
-    Literal(String),
-    Field(Vec<String>),
-}
-
-impl IndexTemplate {
-    /// Parses `index` (its syntax was checked with the config); fields must start with
-    /// `record.` or `metadata.`.
-    pub fn parse(index: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = index;
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let close = rest[open..]
-                .find("}}")
-                .ok_or_else(|| format!("`{index}` opens `{{{{` without closing it"))?;
-            let field = rest[open + 2..open + close].trim();
-            let path: Vec<String> = field.split('.').map(str::to_owned).collect();
-            if path.len() < 2
-                || !matches!(path[0].as_str(), "record" | "metadata")
-                || path.iter().any(String::is_empty)
-            {
-                return Err(format!(
-                    "`{{{{ {field} }}}}` must name a field of `record` or `metadata`, e.g. \
-                     `{{{{ record.tenant_id }}}}`"
-                ));
-            }
-            parts.push(Part::Field(path));
-            rest = &rest[open + close + 2..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
-        }
-        Ok(Self { parts })
-    }
-
-    /// The plain index name when there are no fields.
-    pub fn fixed(&self) -> Option<&str> {
-        match self.parts.as_slice() {
-            [Part::Literal(name)] => Some(name),
-            _ => None,
-        }
-    }
-
-    /// The wildcard pattern matching every index this template renders (`orders-*`).
-    pub fn pattern(&self) -> String {
-        self.parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(text) => text.as_str(),
-                Part::Field(_) => "*",
-            })
-            .collect()
-    }
-
-    /// The index for one event; fields are lowercased, and a missing field or one that would
-    /// make an invalid name is an error (the event goes to the dead-letter topic).
-    pub fn render(&self, input: &Value) -> Result<String, String> {
-        let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(text) => out.push_str(text),
-                Part::Field(path) => {
-                    let mut value = input;
-                    for step in path {
-                        value = value.get(step).unwrap_or(&Value::Null);
-                    }
-                    let text = match value {
-                        Value::String(s) => s.to_lowercase(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        Value::Null => {
-                            return Err(format!(
-                                "index field `{}` is missing or null",
-                                path.join(".")
-                            ));
-                        }
-                        _ => {
-                            return Err(format!(
-                                "index field `{}` is not a string or number",
-                                path.join(".")
-                            ));
-                        }
-                    };
-                    if text.is_empty()
-                        || text
-                            .chars()
-                            .any(|c| c.is_whitespace() || "\\/*?\"<>|,#:".contains(c))
-                    {
-                        return Err(format!(
-                            "index field `{}` = {text:?} cannot be part of an index name",
-                            path.join(".")
-                        ));
-                    }
-                    out.push_str(&text);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_proto::v1::{ArrayValue, Column};
 
-    fn column(name: &str, kind: Kind) -> Column {
+    pub(crate) fn column(name: &str, kind: Kind) -> Column {
         Column {
             name: name.to_owned(),
             type_name: String::new(),
@@ -454,49 +271,5 @@ mod tests {
             "2025-11-25T00:00:00.123456Z"
         );
         assert_eq!(rfc3339_micros(-1), "1969-12-31T23:59:59.999999Z");
-    }
-
-    #[test]
-    fn ids_from_keys_escape_the_separator() {
-        let mut event = ChangeEvent {
-            key: vec![column("id", Kind::Int(42))],
-            ..ChangeEvent::default()
-        };
-        assert_eq!(document_id(&event, None).unwrap(), "42");
-        event.key = vec![
-            column("a", Kind::Int(1)),
-            column("b", Kind::Text("x:y\\z".into())),
-        ];
-        assert_eq!(document_id(&event, None).unwrap(), "1:x\\:y\\\\z");
-        event.record = vec![column("sku", Kind::Text("A-1".into()))];
-        assert_eq!(
-            document_id(&event, Some(&["sku".to_owned()])).unwrap(),
-            "A-1"
-        );
-        let missing = document_id(&event, Some(&["nope".to_owned()])).unwrap_err();
-        assert!(missing.contains("`nope`"), "{missing}");
-        event.key = vec![column("id", Kind::Null(v1::Null {}))];
-        assert!(document_id(&event, None).unwrap_err().contains("null"));
-    }
-
-    #[test]
-    fn index_templates_render_and_match() {
-        let template =
-            IndexTemplate::parse("orders-{{ record.tenant }}-{{metadata.table}}").unwrap();
-        assert_eq!(template.fixed(), None);
-        assert_eq!(template.pattern(), "orders-*-*");
-        let input = json!({"record": {"tenant": "ACME"}, "metadata": {"table": "orders"}});
-        assert_eq!(template.render(&input).unwrap(), "orders-acme-orders");
-        let missing = template.render(&json!({"record": {}})).unwrap_err();
-        assert!(missing.contains("record.tenant"), "{missing}");
-        let bad = template
-            .render(&json!({"record": {"tenant": "a b"}, "metadata": {"table": "t"}}))
-            .unwrap_err();
-        assert!(bad.contains("cannot be part"), "{bad}");
-        assert_eq!(
-            IndexTemplate::parse("products").unwrap().fixed(),
-            Some("products")
-        );
-        assert!(IndexTemplate::parse("x-{{ tenant }}").is_err());
     }
 }

@@ -3,13 +3,23 @@
 //!
 //! The binary is a thin wrapper; everything runs through the functions here, which tests call
 //! with their own shutdown token.
+//!
+//! One module per stage of an event's trip, in its order: `consume` (group consumer, read
+//! loop, commits) → `decode` → `script` (filter, transform) and `route` (index, `_id`, the
+//! write) → `batch` → `elastic` (`deliver` with its `retry`, over the client) → `dead_letter`.
+//! `sink` wires one sink's stages; [`run`] wires the sinks.
 
+mod batch;
 mod commands;
+mod consume;
+mod dead_letter;
+mod decode;
 pub mod elastic;
 mod error;
 pub mod event;
 mod kafka;
 pub mod offsets;
+pub mod route;
 pub mod script;
 mod sink;
 mod stats;
@@ -19,14 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use commands::{check, status};
-pub use error::Error;
+pub use error::{Action, Error};
 use serde_json::Value;
 use sluice_common::config::{Config, JsonSource, Problem};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::{self, Health};
 pub use verify::{Options as VerifyOptions, verify};
 
-use crate::event::IndexTemplate;
+use crate::route::IndexTemplate;
 use crate::script::Scripts;
 use crate::sink::Prepared;
 use crate::stats::SinkStats;
@@ -110,10 +120,7 @@ pub async fn run(
     }
     let mut config = config;
     // The recorder first: the sinks' metric handles bind to it when they are made.
-    telemetry::metrics_handle().map_err(|e| Error::Setup {
-        sink: "*".to_owned(),
-        message: e.to_string(),
-    })?;
+    telemetry::metrics_handle()?;
     let health = Health::new();
     health.set_unready("starting");
     let all_stats: Vec<Arc<SinkStats>> = prepared
@@ -139,11 +146,7 @@ pub async fn run(
         Some(status),
         shutdown.child_token(),
     )
-    .await
-    .map_err(|e| Error::Setup {
-        sink: "*".to_owned(),
-        message: e.to_string(),
-    })?;
+    .await?;
     // Where this process really listens: group members name it in their client id, so
     // `status` finds every process of a group.
     config.telemetry.consumer_listen = Some(bound);
@@ -164,20 +167,17 @@ pub async fn run(
     let watch = tokio::spawn(watch_readiness(health, readiness, stop.clone()));
     let mut result = Ok(());
     while let Some(joined) = sinks.join_next().await {
-        let outcome = match joined {
-            Ok(outcome) => outcome,
-            Err(join) => Err(Error::Setup {
-                sink: "*".to_owned(),
-                message: format!("sink task failed: {join}"),
-            }),
-        };
+        let outcome = joined.map_err(Error::from).and_then(|outcome| outcome);
         if let Err(error) = outcome.or_else(|e| match e {
             Error::Interrupted => Ok(()),
             other => Err(other),
         }) {
-            tracing::error!(%error, "sink stopped");
+            // The first error is the process's, printed once by the caller; later ones (other
+            // sinks stopping with it) only here.
             if result.is_ok() {
                 result = Err(error);
+            } else {
+                tracing::error!(%error, "sink stopped");
             }
             stop.cancel();
         }

@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => exit(EXIT_FAILURE),
         Err(error) => {
-            tracing::error!(%error, "sluice-consumer failed");
+            // Once, as plain text: logs may be JSON, and the log line would repeat it.
             eprintln!("sluice-consumer: {error}");
             exit(error.exit_code())
         }

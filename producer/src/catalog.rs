@@ -56,9 +56,9 @@ impl PgTarget {
     pub fn from_config(config: &PostgresConfig) -> Result<Self, Error> {
         let raw = config.url.expose();
         let url = url::Url::parse(raw)
-            .map_err(|e| Error::Setup(format!("postgres.url is not a URL: {e}")))?;
+            .map_err(|e| Error::Config(format!("postgres.url is not a URL: {e}")))?;
         let decode =
-            |s: &str| percent_decode(s).map_err(|e| Error::Setup(format!("postgres.url: {e}")));
+            |s: &str| percent_decode(s).map_err(|e| Error::Config(format!("postgres.url: {e}")));
         let mut sslmode = SslMode::Prefer;
         for (key, value) in url.query_pairs() {
             if key == "sslmode" {
@@ -69,7 +69,7 @@ impl PgTarget {
                     "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
                     other => {
-                        return Err(Error::Setup(format!(
+                        return Err(Error::Config(format!(
                             "postgres.url: unknown sslmode `{other}`: use disable, prefer, require, verify-ca or verify-full"
                         )));
                     }
@@ -77,7 +77,7 @@ impl PgTarget {
             }
         }
         if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) && config.ca_file.is_none() {
-            return Err(Error::Setup(
+            return Err(Error::Config(
                 "postgres.url asks to verify the server certificate but postgres.ca_file is not set: \
                  name the CA certificate (PEM) in postgres.ca_file"
                     .to_owned(),
@@ -90,7 +90,7 @@ impl PgTarget {
             .to_owned();
         if sslmode == SslMode::VerifyFull && host.parse::<std::net::IpAddr>().is_ok() {
             // The replication transport checks host names only, not IP addresses.
-            return Err(Error::Setup(format!(
+            return Err(Error::Config(format!(
                 "postgres.url: sslmode=verify-full needs the server's DNS name, not the IP address {host}: \
                  name the host as in its certificate, or use sslmode=verify-ca"
             )));

@@ -1,9 +1,24 @@
-//! Producer errors, sorted by what the caller should do about them:
-//! * [`Error::is_transient`] ones (a lost connection, a broker away) are retried with backoff,
-//!   resuming from the slot's confirmed LSN, so nothing is lost;
-//! * the rest stop the producer with a message that says what to fix.
+//! Producer errors, sorted by what the caller should do about them ([`Error::action`]):
+//! * [`Action::Retry`] ones (a lost connection, a broker away, the slot held by another
+//!   producer) are retried with backoff, resuming from the slot's confirmed LSN, so nothing is
+//!   lost;
+//! * [`Action::Stop`] ones stop the producer with a message that says what to fix. The producer
+//!   has no dead-letter topic: an event it cannot encode stops it, since skipping it would lose
+//!   a change.
 
 use sluice_common::config::redact_url;
+
+use crate::encode::EncodeError;
+use crate::pgoutput::DecodeError;
+
+/// What the caller does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Transient: wait and try again from the confirmed LSN.
+    Retry,
+    /// Fatal: stop with the message.
+    Stop,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,6 +32,10 @@ pub enum Error {
     /// The replication connection failed; retried.
     #[error("replication stream: {0}")]
     Replication(String),
+    /// Another process streams from the slot; retried until it lets go (a standby producer
+    /// taking over).
+    #[error("replication slot is held by another process: {0}")]
+    SlotBusy(String),
     /// Kafka cannot be used right now; retried.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -29,36 +48,67 @@ pub enum Error {
         target: String,
         message: String,
     },
+    /// The configuration cannot work (found before connecting): exit 2.
+    #[error("{0}")]
+    Config(String),
     /// Something about the database must change before sluice can run (a missing privilege,
     /// a table without a key, wal_level). The message says what to do.
     #[error("{0}")]
     Setup(String),
+    /// A change cannot be encoded (a key column without a value).
+    #[error("cannot encode a change of {0}")]
+    Encode(#[from] EncodeError),
     /// Kafka refused a message for good (too large, not authorized): retrying cannot help.
     #[error("kafka refused a message for good: {0}")]
     KafkaFatal(String),
     /// The replication stream sent something we cannot decode.
     #[error("cannot decode the replication stream: {0}")]
-    Decode(String),
+    Decode(#[from] DecodeError),
+    /// The replication stream's messages came in an order the protocol does not allow.
+    #[error("the replication stream broke the protocol: {0}")]
+    Protocol(String),
     /// The TLS settings cannot be used.
     #[error("postgres TLS: {0}")]
     Tls(String),
     /// A command for a running producer failed.
     #[error("{0}")]
     Command(String),
+    /// Shutdown interrupted the work.
+    #[error("interrupted by shutdown")]
+    Interrupted,
 }
 
 impl Error {
-    /// True when retrying later may succeed.
-    pub fn is_transient(&self) -> bool {
+    /// What to do about this error.
+    pub fn action(&self) -> Action {
         match self {
-            Self::Postgres { source, .. } => !is_fatal_sql(source),
-            Self::Replication(_) | Self::Kafka(_) => true,
+            Self::Postgres { source, .. } if is_fatal_sql(source) => Action::Stop,
+            Self::Postgres { .. } | Self::Replication(_) | Self::SlotBusy(_) | Self::Kafka(_) => {
+                Action::Retry
+            }
             Self::Authentication { .. }
+            | Self::Config(_)
             | Self::Setup(_)
+            | Self::Encode(_)
             | Self::KafkaFatal(_)
             | Self::Decode(_)
+            | Self::Protocol(_)
             | Self::Tls(_)
-            | Self::Command(_) => false,
+            | Self::Command(_)
+            | Self::Interrupted => Action::Stop,
+        }
+    }
+
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.action() == Action::Retry
+    }
+
+    /// Exit code for `main`: 2 for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_) => sluice_common::EXIT_CONFIG,
+            _ => sluice_common::EXIT_FAILURE,
         }
     }
 

@@ -21,10 +21,10 @@ pub mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder as _;
 pub use commands::{backfill, check, status};
-pub use error::Error;
+pub use error::{Action, Error};
 use sluice_common::config::Config;
+use sluice_common::retry::{self, Decision, Failure, Policy};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::{self, Health};
 
@@ -35,6 +35,10 @@ use crate::publish::Publisher;
 use crate::replication::{PgWireSource, StreamSettings, WalSource};
 use crate::stats::Stats;
 use crate::stream::{MESSAGE_PREFIX, StreamState};
+
+/// Retries of a broken stream and of an interrupted backfill: from 200 ms to 30 s.
+pub(crate) const RETRY_POLICY: Policy =
+    Policy::exponential(Duration::from_millis(200), Duration::from_secs(30));
 
 /// How long a graceful shutdown waits for Kafka to acknowledge what was sent.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
@@ -76,7 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let checkpoint = Arc::new(Checkpoint::new(0));
     let publisher = Arc::new(Publisher::new(&config, checkpoint.clone())?);
-    let mut state = StreamState::new(
+    let state = StreamState::new(
         config.clone(),
         target.database.as_str().into(),
         publisher,
@@ -100,36 +104,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     // Also when this future is dropped instead of finishing.
     let _stop_backfills = backfill_shutdown.clone().drop_guard();
 
-    let mut backoff = new_backoff();
-    let result = loop {
-        let error = match session(&target, &mut state, &health, &shutdown).await {
-            Ok(Session::Stopped) => break Ok(()),
-            Ok(Session::Interrupted(error)) => {
-                // It had been streaming: start the backoff over.
-                backoff = new_backoff();
-                error
+    // One session at a time; a broken session is retried from the confirmed LSN, with the
+    // delay started over when it had been streaming.
+    let attempt = |mut state: StreamState| {
+        let (target, health, shutdown) = (&target, &health, &shutdown);
+        async move {
+            match session(target, &mut state, health, shutdown).await {
+                Ok(Session::Stopped) => Ok(()),
+                Ok(Session::Interrupted(error)) => Err((state, (error, true))),
+                Err(error) => Err((state, (error, false))),
             }
-            Err(error) => error,
-        };
-        if !error.is_transient() {
-            break Err(error);
         }
-        if shutdown.is_cancelled() {
-            break Ok(());
+    };
+    let classify = |(error, streamed): &(Error, bool), attempt: retry::Attempt| {
+        if !error.is_transient() || shutdown.is_cancelled() {
+            return Decision::GiveUp;
         }
         checkpoint.abandon_open_transactions();
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-        if error.to_string().contains("slot_busy") {
+        let retry_in = attempt.retry_in;
+        if let Error::SlotBusy(_) = error {
             health.set_unready("the slot is held by another producer");
-            tracing::info!(slot = %config.postgres.slot, retry_in = ?delay, "slot is held by another producer: waiting to take over");
+            tracing::info!(slot = %config.postgres.slot, ?retry_in, "slot is held by another producer: waiting to take over");
         } else {
             health.set_unready(error.to_string());
-            tracing::warn!(%error, retry_in = ?delay, "cannot stream: retrying from the confirmed LSN");
+            tracing::warn!(%error, ?retry_in, "cannot stream: retrying from the confirmed LSN");
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => break Ok(()),
+        if *streamed {
+            Decision::Restart
+        } else {
+            Decision::Retry
         }
+    };
+    let result = match retry::retry_with(RETRY_POLICY, &shutdown, state, attempt, classify).await {
+        Ok(()) | Err(Failure::Interrupted(_)) => Ok(()),
+        Err(Failure::GaveUp((_, (error, _)))) if error.is_transient() => Ok(()),
+        Err(Failure::GaveUp((_, (error, _)))) => Err(error),
     };
     heartbeat.abort();
     backfill_shutdown.cancel();
@@ -160,15 +169,6 @@ fn spawn_backfills(
             ));
         })
         .map_err(|e| Error::Setup(format!("cannot start the backfill thread: {e}")))
-}
-
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 enum Session {

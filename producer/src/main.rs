@@ -79,9 +79,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "sluice-producer failed");
+            // Once, as plain text: logs may be JSON, and the log line would repeat it.
             eprintln!("sluice-producer: {error}");
-            exit(EXIT_FAILURE)
+            exit(error.exit_code())
         }
     }
 }

@@ -81,8 +81,8 @@ impl std::fmt::Debug for PgWireSource {
 }
 
 impl PgWireSource {
-    /// Connects and starts streaming. A slot held by another process is
-    /// [`Error::Replication`] with `slot_busy` in the message, so callers can wait politely.
+    /// Connects and starts streaming. A slot held by another process is [`Error::SlotBusy`], so
+    /// callers can wait politely.
     pub async fn start(target: &PgTarget, settings: &StreamSettings) -> Result<Self, Error> {
         let config = target
             .replication_config(&settings.slot, &settings.publication, settings.start_lsn)
@@ -178,7 +178,7 @@ fn map_error(target: &PgTarget, error: PgWireError) -> Error {
             }
         }
         PgWireError::Server(message) if message.contains("is active for PID") => {
-            Error::Replication(format!("slot_busy: {message}"))
+            Error::SlotBusy(message)
         }
         PgWireError::Server(message)
             if message.contains("must be superuser or replication role")

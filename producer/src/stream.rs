@@ -148,8 +148,7 @@ impl StreamState {
                     self.confirm(source);
                 }
                 WalEvent::Data { lsn, data } => {
-                    let message =
-                        pgoutput::decode(data).map_err(|e| Error::Decode(e.to_string()))?;
+                    let message = pgoutput::decode(data)?;
                     self.handle(message, lsn, open.as_mut(), sql).await?;
                 }
                 WalEvent::KeepAlive { wal_end } => {
@@ -304,7 +303,7 @@ impl StreamState {
             }
         };
         let Some(tx) = tx else {
-            return Err(Error::Decode(format!(
+            return Err(Error::Protocol(format!(
                 "a change at {} outside a transaction",
                 stats::format_lsn(lsn)
             )));
@@ -313,7 +312,7 @@ impl StreamState {
             Some(Some(captured)) => captured.clone(),
             Some(None) => return Ok(()), // a table in the publication that this config does not capture
             None => {
-                return Err(Error::Decode(format!(
+                return Err(Error::Protocol(format!(
                     "a change of relation {relation_id} arrived before its Relation message"
                 )));
             }
@@ -338,7 +337,7 @@ impl StreamState {
             }
             _ => return Ok(()),
         };
-        let out = encoded.map_err(|e| Error::Setup(e.to_string()))?;
+        let out = encoded?;
         if self.backfills.watching() {
             // The update of the (new) key is the last message; a changed key's delete before it
             // is complete.

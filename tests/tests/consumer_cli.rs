@@ -90,7 +90,7 @@ async fn check_reports_what_is_ready_and_what_is_wrong() {
 async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
     let context = TestContext::new("consumer_status").await.unwrap();
     let db = context.postgres().await.unwrap();
-    db.batch_execute("CREATE TABLE things (id int PRIMARY KEY, n int)")
+    db.batch_execute("CREATE TABLE things (id int PRIMARY KEY, n int, tag text)")
         .await
         .unwrap();
     let port = {
@@ -103,7 +103,8 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
         Cluster::OpenSearch,
         "things",
         "    filter: n > 2\n",
-        "",
+        // Rows 9 and 10 carry a tag that is not a number: their documents are rejected.
+        "      mappings: { properties: { tag: { type: long } } }\n",
     );
     let yaml = context
         .config_yaml("  - name: public.things", &format!("sinks:\n{sink}"))
@@ -115,7 +116,9 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
         .start_pipeline(context.config(&yaml).unwrap())
         .await
         .unwrap();
-    db.batch_execute("INSERT INTO things SELECT i, i FROM generate_series(1, 10) i")
+    db.batch_execute(
+        "INSERT INTO things SELECT i, i, CASE WHEN i > 8 THEN 'x' END FROM generate_series(1, 10) i",
+    )
         .await
         .unwrap();
     let topic = context.topic("public.things");
@@ -126,14 +129,15 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
     let output = eventually(WAIT, "status with the counts", || async {
         let (code, output) = run_consumer(&context, &yaml, &["status"]).await;
         anyhow::ensure!(code == Some(0), "exit {code:?}: {output}");
-        let settled = output.contains("indexed 8, deleted 0") && output.contains("lag: 0 messages");
+        let settled = output.contains("indexed 6, deleted 0") && output.contains("lag: 0 messages");
         Ok(settled.then_some(output))
     })
     .await
     .unwrap();
     assert!(output.contains("lag: 0 messages"), "{output}");
     assert!(output.contains("filtered 2"), "{output}");
-    assert!(output.contains("dead letters: 0"), "{output}");
+    assert!(output.contains("dead-lettered 2"), "{output}");
+    assert!(output.contains("dead letters: 2 (topic"), "{output}");
     pipeline.stop().await.unwrap();
     context.cleanup().await.unwrap();
 }

@@ -609,7 +609,7 @@ async fn a_slow_cluster_times_out_retryably() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pem_ca_file_is_accepted() {
+async fn a_pem_ca_file_builds_a_client() {
     let Ok(ca) = std::env::var("SLUICE_TEST_PG_CA") else {
         panic!("SLUICE_TEST_PG_CA is not set: start the services with deploy/local/up.sh");
     };

@@ -21,6 +21,13 @@ const ACTION_LINE_OVERHEAD: usize = 75;
 /// Digits of the largest version (`i64::MAX` has 19).
 const VERSION_DIGITS: usize = 19;
 
+/// About how many bytes one operation adds to a bulk body (before compression): its action line
+/// and, for an index operation, the document of `document` bytes on a line of its own. The one
+/// estimate both the batcher (against `batch_max_bytes`) and the body's allocation use.
+pub fn estimated_bytes(index: &str, id: &str, document: Option<usize>) -> usize {
+    ACTION_LINE_OVERHEAD + VERSION_DIGITS + index.len() + id.len() + document.map_or(0, |n| n + 1)
+}
+
 /// Priority of the index templates sluice puts: above the built-in templates of Elasticsearch
 /// (`logs-*-*`, `metrics-*-*`, … at 100, and the ones documented up to 500), so a sink's pattern
 /// that overlaps one of them still gets the sink's settings and mappings.
@@ -46,19 +53,18 @@ pub enum BulkOp {
 }
 
 impl BulkOp {
-    /// About how many bytes this operation adds to a bulk body (before compression); what the
-    /// core sums up against `batch_max_bytes`.
+    /// About how many bytes this operation adds to a bulk body (before compression); what a
+    /// batch sums up against `batch_max_bytes` ([`estimated_bytes`]).
     pub fn estimated_bytes(&self) -> usize {
-        let (index, id, document) = match self {
+        match self {
             Self::Index {
                 index,
                 id,
                 document,
                 ..
-            } => (index, id, document.len() + 1),
-            Self::Delete { index, id, .. } => (index, id, 0),
-        };
-        ACTION_LINE_OVERHEAD + VERSION_DIGITS + index.len() + id.len() + document
+            } => estimated_bytes(index, id, Some(document.len())),
+            Self::Delete { index, id, .. } => estimated_bytes(index, id, None),
+        }
     }
 
     pub fn index(&self) -> &str {

@@ -1,7 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Instant;
-
 use serde_json::{Value as Json, json};
 use sluice_common::config::{Problem, SinkConfig};
 
@@ -413,34 +411,4 @@ fn scripts_are_shareable() {
     assert_send_sync::<Scripts>();
     let s = scripts(Some("price > 1"), None);
     assert!(format!("{s:?}").contains("price > 1"));
-}
-
-/// Not a benchmark: prints the per-event cost so a change that makes it much worse is visible.
-/// Run with `cargo test --release -p sluice-consumer --lib script::tests::measure -- --nocapture`.
-#[test]
-fn measure_per_event_cost() {
-    let input = event(
-        "update",
-        json!({
-            "id": 7, "name": "lamp", "price": 12.5, "in_stock": true, "sku": "LMP-7",
-            "color": "red", "weight": 1.2, "created_at": "2024-01-01T00:00:00Z",
-            "tags": ["home", "light"], "vendor_id": 42,
-        }),
-    );
-    let pick = r#"{ "id": .record.id, "name": .record.name, "price": .record.price }"#;
-    for (what, filter, transform) in [
-        ("no scripts", None, None),
-        ("shorthand filter", Some("price > 10"), None),
-        ("transform", None, Some(pick)),
-        ("filter + transform", Some("price > 10"), Some(pick)),
-    ] {
-        let s = scripts(filter, transform);
-        let events = 20_000u32;
-        let start = Instant::now();
-        for _ in 0..events {
-            assert!(matches!(s.apply(&input).unwrap(), Verdict::Document(_)));
-        }
-        let per_event = start.elapsed() / events;
-        println!("script: {what}: {per_event:?} per event");
-    }
 }

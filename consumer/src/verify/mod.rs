@@ -33,6 +33,7 @@ use crate::commands::lag;
 use crate::elastic::{BulkOp, Client, ItemResult};
 use crate::error::Error;
 use crate::event::{self, KafkaPosition};
+use crate::route;
 use crate::script::Verdict;
 use crate::sink::Prepared;
 
@@ -149,7 +150,7 @@ fn table_error(sink: &str, error: sluice_producer::Error) -> Error {
                 "fix the condition (it is SQL over the table's columns) or the table's entry in `tables`",
             )])
         }
-        other => Error::Setup {
+        other => Error::Table {
             sink: sink.to_owned(),
             message: other.to_string(),
         },
@@ -215,7 +216,7 @@ impl Check {
         if !writes.iter().any(|a| sink.actions.contains(a)) {
             return Expect::Nothing;
         }
-        let Ok(id) = event::document_id(event, sink.id_columns.as_deref()) else {
+        let Ok(id) = route::document_id(event, sink.id_columns.as_deref()) else {
             return Expect::Unindexable;
         };
         let scripts = &self.prepared.scripts;
@@ -393,7 +394,7 @@ impl Check {
             for (key, event) in self.rows_where(&tuples, false).await? {
                 if !in_scope.contains(&key)
                     && let Ok(id) =
-                        event::document_id(&event, self.prepared.config.id_columns.as_deref())
+                        route::document_id(&event, self.prepared.config.id_columns.as_deref())
                 {
                     for (index, _) in ids.iter().filter(|(_, i)| *i == id) {
                         out_of_scope.insert((index.clone(), id.clone()));
@@ -560,14 +561,14 @@ async fn wait_for_pipeline(
     let target: BTreeMap<i32, i64> = lag(config, group, topic)
         .await?
         .into_iter()
-        .map(|(partition, _, end, _)| (partition, end))
+        .map(|p| (p.partition, p.end))
         .collect();
     loop {
         let now = lag(config, group, topic).await?;
-        let behind = now.iter().any(|(partition, committed, _, _)| {
+        let behind = now.iter().any(|p| {
             target
-                .get(partition)
-                .is_some_and(|end| committed.unwrap_or(0) < *end)
+                .get(&p.partition)
+                .is_some_and(|end| p.committed.unwrap_or(0) < *end)
         });
         if !behind {
             return Ok(());

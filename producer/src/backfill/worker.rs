@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::BackoffBuilder as _;
 use sluice_common::config::Config;
+use sluice_common::retry::{self, Decision, Failure};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -31,6 +31,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use super::control::{self, Job, literal};
 use super::rows::{Shape, chunk_query, describe, parse_rows};
 use super::{Backfills, Chunk, ChunkId, Outcome, watermark};
+use crate::RETRY_POLICY;
 use crate::catalog::{self, PgTarget, quote_table};
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
@@ -142,7 +143,7 @@ struct JobState {
 /// Runs one backfill to its end, retrying transient failures; a definite one fails it.
 async fn work(context: Arc<Context>, job: Job) {
     let rows_done = u64::try_from(job.rows_done).unwrap_or(0);
-    let mut state = JobState {
+    let state = JobState {
         id: job.id,
         table: job.table.clone(),
         condition: job.condition.clone(),
@@ -163,51 +164,43 @@ async fn work(context: Arc<Context>, job: Job) {
         job.rows_total.and_then(|t| u64::try_from(t).ok()),
     );
     tracing::info!(backfill = job.id, table = %job.table, condition = ?job.condition, resume_after = ?state.read_key, "backfill started");
-    let mut backoff = new_backoff();
-    loop {
-        let result = tokio::select! {
-            result = run(&context, &mut state) => result,
-            () = context.shutdown.cancelled() => return,
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(backfill = state.id, table = %state.table, rows = state.acked_rows, "backfill done");
-                context
-                    .backfills
-                    .set_progress(state.id, |p| p.state = "done");
-                return;
-            }
-            Err(error) if error.is_transient() => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(backfill = state.id, table = %state.table, %error, retry_in = ?delay, "backfill interrupted: retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = context.shutdown.cancelled() => return,
-                }
-            }
-            Err(error) => {
-                let reason = error.to_string();
-                tracing::error!(backfill = state.id, table = %state.table, error = %reason, "backfill failed");
-                context.backfills.set_progress(state.id, |p| {
-                    p.state = "failed";
-                    p.error = Some(reason.clone());
-                });
-                if let Ok(sql) = context.target.connect().await {
-                    let _ = control::fail(&sql, state.id, &reason).await;
-                }
-                return;
+    let attempt = |mut state: JobState| {
+        let context = &context;
+        async move {
+            let result = tokio::select! {
+                result = run(context, &mut state) => result,
+                () = context.shutdown.cancelled() => Err(Error::Interrupted),
+            };
+            result
+                .map(|()| state.acked_rows)
+                .map_err(|error| (state, error))
+        }
+    };
+    let classify = |error: &Error, attempt: retry::Attempt| {
+        if !error.is_transient() {
+            return Decision::GiveUp;
+        }
+        tracing::warn!(backfill = job.id, table = %job.table, %error, retry_in = ?attempt.retry_in, "backfill interrupted: retrying");
+        Decision::Retry
+    };
+    match retry::retry_with(RETRY_POLICY, &context.shutdown, state, attempt, classify).await {
+        Ok(rows) => {
+            tracing::info!(backfill = job.id, table = %job.table, rows, "backfill done");
+            context.backfills.set_progress(job.id, |p| p.state = "done");
+        }
+        Err(Failure::Interrupted(_) | Failure::GaveUp((_, Error::Interrupted))) => {}
+        Err(Failure::GaveUp((state, error))) => {
+            let reason = error.to_string();
+            tracing::error!(backfill = state.id, table = %state.table, error = %reason, "backfill failed");
+            context.backfills.set_progress(state.id, |p| {
+                p.state = "failed";
+                p.error = Some(reason.clone());
+            });
+            if let Ok(sql) = context.target.connect().await {
+                let _ = control::fail(&sql, state.id, &reason).await;
             }
         }
     }
-}
-
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// Removes a registered chunk when its worker stops waiting for it (error or shutdown).

@@ -204,7 +204,7 @@ fn read_topic(brokers: &str, topic: &str) -> anyhow::Result<Vec<Doc>> {
         if sluice_consumer::event::action(event.op()).is_none() {
             continue;
         }
-        let id = sluice_consumer::event::document_id(&event, None)
+        let id = sluice_consumer::route::document_id(&event, None)
             .map_err(|reason| anyhow::anyhow!("offset {}: {reason}", message.offset()))?;
         let source = serde_json::to_vec(&Value::Object(sluice_consumer::event::columns(
             &event.record,

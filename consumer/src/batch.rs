@@ -1,0 +1,376 @@
+//! Items waiting to be written: the open batch, the collapse of one document's events inside
+//! it, and the writes that must wait for an earlier batch.
+//!
+//! Per-key order: inside a batch, a later event of one document replaces the earlier one (a
+//! partial update is merged onto it). Across batches, versions (`commit_lsn`, `external_gte`)
+//! order the writes, except for two cases that versions cannot order: two events of one
+//! transaction (same version: the order decides) and a partial update (it reads the current
+//! document). An event in one of those cases waits until the batch in flight holding its
+//! document is done ([`InFlight::conflicts`]).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use sluice_common::config::SinkConfig;
+
+use crate::dead_letter::{DeadLetter, Original};
+use crate::elastic::{self, BulkOp};
+use crate::offsets::Slot;
+use crate::stats::Outcome;
+
+/// A document identity: index and `_id`.
+pub type DocKey = (String, String);
+
+/// What to write for a document.
+#[derive(Debug)]
+pub enum Write {
+    Full(Bytes),
+    /// A document without the unchanged TOAST columns: merged onto the indexed one first.
+    Partial(Map<String, Value>),
+    Delete,
+}
+
+/// A write the route stage made of one event.
+#[derive(Debug)]
+pub struct Doc {
+    pub index: String,
+    pub id: String,
+    pub version: u64,
+    pub write: Write,
+    /// What success means: indexed, deleted, or filtered (a delete of a row that left the filter).
+    pub outcome: Outcome,
+}
+
+/// The events an item settles, and what a dead letter of it carries.
+#[derive(Debug)]
+pub struct Ticket {
+    pub slot: Slot,
+    /// Earlier events of the same document in the same batch, replaced by this one.
+    pub replaced: Vec<Slot>,
+    pub original: Original,
+    pub commit_micros: i64,
+}
+
+/// One document's write with the events behind it.
+#[derive(Debug)]
+pub struct Item {
+    pub doc: Doc,
+    pub ticket: Ticket,
+}
+
+/// An item whose write can be sent as it is.
+#[derive(Debug)]
+pub struct Ready {
+    pub op: BulkOp,
+    pub outcome: Outcome,
+    pub ticket: Ticket,
+}
+
+/// A partial update, to complete from the indexed document before it can be sent.
+#[derive(Debug)]
+pub struct Partial {
+    pub index: String,
+    pub id: String,
+    pub version: u64,
+    pub fields: Map<String, Value>,
+    pub outcome: Outcome,
+    pub ticket: Ticket,
+}
+
+impl Item {
+    pub fn key(&self) -> DocKey {
+        (self.doc.index.clone(), self.doc.id.clone())
+    }
+
+    /// What the item adds to a bulk body: a partial update is counted at the size of its event.
+    fn bytes(&self) -> usize {
+        let document = match &self.doc.write {
+            Write::Full(bytes) => Some(bytes.len()),
+            Write::Partial(_) => Some(self.ticket.original.payload.as_ref().map_or(0, Bytes::len)),
+            Write::Delete => None,
+        };
+        elastic::estimated_bytes(&self.doc.index, &self.doc.id, document)
+    }
+
+    /// The bulk operation, or the partial update that must be completed first.
+    pub fn into_ready(self) -> Result<Ready, Box<Partial>> {
+        let Doc {
+            index,
+            id,
+            version,
+            write,
+            outcome,
+        } = self.doc;
+        let op = match write {
+            Write::Full(document) => BulkOp::Index {
+                index,
+                id,
+                version,
+                document,
+            },
+            Write::Delete => BulkOp::Delete { index, id, version },
+            Write::Partial(fields) => {
+                return Err(Box::new(Partial {
+                    index,
+                    id,
+                    version,
+                    fields,
+                    outcome,
+                    ticket: self.ticket,
+                }));
+            }
+        };
+        Ok(Ready {
+            op,
+            outcome,
+            ticket: self.ticket,
+        })
+    }
+}
+
+/// An event that goes to the dead-letter topic before reaching the cluster.
+#[derive(Debug)]
+pub struct Letter {
+    pub slot: Slot,
+    pub original: Original,
+    pub letter: DeadLetter,
+}
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    items: Vec<Item>,
+    by_key: HashMap<DocKey, usize>,
+    letters: Vec<Letter>,
+    bytes: usize,
+    opened: Option<Instant>,
+}
+
+impl Batch {
+    /// Items and letters.
+    pub fn len(&self) -> usize {
+        self.items.len() + self.letters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn opened(&self) -> Option<Instant> {
+        self.opened
+    }
+
+    pub fn is_full(&self, config: &SinkConfig) -> bool {
+        self.len() >= config.elasticsearch.batch_size
+            || self.bytes >= config.elasticsearch.batch_max_bytes
+    }
+
+    /// Adds `item`, replacing an earlier event of the same document.
+    pub fn push(&mut self, item: Item) {
+        self.opened.get_or_insert_with(Instant::now);
+        self.bytes += item.bytes();
+        match self.by_key.get(&item.key()) {
+            Some(&at) => {
+                let earlier = std::mem::replace(&mut self.items[at], item);
+                let item = &mut self.items[at];
+                item.ticket.replaced.push(earlier.ticket.slot);
+                item.ticket.replaced.extend(earlier.ticket.replaced);
+                if let Write::Partial(partial) = &mut item.doc.write {
+                    match earlier.doc.write {
+                        Write::Full(document) => {
+                            if let Ok(mut merged) =
+                                serde_json::from_slice::<Map<String, Value>>(&document)
+                            {
+                                merged.append(partial);
+                                if let Ok(bytes) = serde_json::to_vec(&merged) {
+                                    item.doc.write = Write::Full(bytes.into());
+                                }
+                            }
+                        }
+                        Write::Partial(mut earlier_partial) => {
+                            earlier_partial.append(partial);
+                            *partial = earlier_partial;
+                        }
+                        Write::Delete => {}
+                    }
+                }
+            }
+            None => {
+                self.by_key.insert(item.key(), self.items.len());
+                self.items.push(item);
+            }
+        }
+    }
+
+    /// Adds an event that goes to the dead-letter topic with this batch.
+    pub fn push_letter(&mut self, letter: Letter) {
+        self.opened.get_or_insert_with(Instant::now);
+        self.letters.push(letter);
+    }
+
+    pub fn take(&mut self) -> (Vec<Item>, Vec<Letter>) {
+        self.by_key.clear();
+        self.bytes = 0;
+        self.opened = None;
+        (
+            std::mem::take(&mut self.items),
+            std::mem::take(&mut self.letters),
+        )
+    }
+}
+
+/// Documents in batches in flight: the highest version and how many batches hold each.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    keys: HashMap<DocKey, (u64, usize)>,
+}
+
+impl InFlight {
+    /// Whether `item` must wait for a batch in flight: same document, and either the same
+    /// version (one transaction; order decides) or a partial update (it reads the document).
+    pub fn conflicts(&self, item: &Item) -> bool {
+        self.keys.get(&item.key()).is_some_and(|&(version, _)| {
+            version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
+        })
+    }
+
+    pub fn add(&mut self, items: &[Item]) {
+        for item in items {
+            let entry = self.keys.entry(item.key()).or_insert((0, 0));
+            entry.0 = entry.0.max(item.doc.version);
+            entry.1 += 1;
+        }
+    }
+
+    /// A batch holding `keys` is done.
+    pub fn remove(&mut self, keys: Vec<DocKey>) {
+        for key in keys {
+            if let Some(entry) = self.keys.get_mut(&key) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.keys.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An indexed item of `products` at version 100 + offset.
+    pub(crate) fn item(id: &str, offset: i64, write: Write) -> Item {
+        Item {
+            doc: Doc {
+                index: "products".to_owned(),
+                id: id.to_owned(),
+                version: 100 + u64::try_from(offset).unwrap(),
+                write,
+                outcome: Outcome::Indexed,
+            },
+            ticket: Ticket {
+                slot: slot(offset),
+                replaced: Vec::new(),
+                original: Original {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset,
+                    key: None,
+                    payload: None,
+                },
+                commit_micros: 0,
+            },
+        }
+    }
+
+    pub(crate) fn slot(offset: i64) -> Slot {
+        Slot {
+            partition: 0,
+            generation: 1,
+            offset,
+        }
+    }
+
+    pub(crate) fn full(json: Value) -> Write {
+        Write::Full(serde_json::to_vec(&json).unwrap().into())
+    }
+
+    pub(crate) fn partial(json: Value) -> Write {
+        let Value::Object(fields) = json else {
+            panic!("not an object: {json}");
+        };
+        Write::Partial(fields)
+    }
+
+    #[test]
+    fn a_later_event_of_a_document_replaces_the_earlier_one_in_the_batch() {
+        let mut batch = Batch::default();
+        batch.push(item("1", 10, full(serde_json::json!({"a": 1}))));
+        batch.push(item("2", 11, full(serde_json::json!({"a": 2}))));
+        batch.push(item("1", 12, Write::Delete));
+        assert_eq!(batch.len(), 2);
+        let (items, _) = batch.take();
+        assert!(matches!(items[0].doc.write, Write::Delete));
+        assert_eq!(items[0].doc.version, 112);
+        assert_eq!(items[0].ticket.replaced, [slot(10)]);
+        assert!(batch.by_key.is_empty() && batch.opened.is_none());
+    }
+
+    #[test]
+    fn a_partial_update_after_a_full_document_in_the_batch_becomes_full() {
+        let mut batch = Batch::default();
+        batch.push(item(
+            "1",
+            10,
+            full(serde_json::json!({"title": "a", "body": "long"})),
+        ));
+        batch.push(item("1", 11, partial(serde_json::json!({"title": "b"}))));
+        let (items, _) = batch.take();
+        let Write::Full(bytes) = &items[0].doc.write else {
+            panic!("still partial: {:?}", items[0].doc.write);
+        };
+        let merged: Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(merged, serde_json::json!({"title": "b", "body": "long"}));
+        assert_eq!(items[0].doc.version, 111);
+    }
+
+    #[test]
+    fn same_version_and_partial_updates_wait_for_the_batch_in_flight() {
+        let mut in_flight = InFlight::default();
+        let sent = [item("1", 10, full(serde_json::json!({"a": 1})))];
+        in_flight.add(&sent);
+        // Same transaction (same version): order matters, versions cannot tell.
+        let mut same = item("1", 99, full(serde_json::json!({"a": 2})));
+        same.doc.version = 110;
+        assert!(in_flight.conflicts(&same));
+        // Newer version: external_gte orders it, no wait.
+        assert!(!in_flight.conflicts(&item("1", 11, Write::Delete)));
+        // A partial update reads the document: it waits whatever its version.
+        assert!(in_flight.conflicts(&item("1", 12, partial(serde_json::json!({"a": 3})))));
+        // Another document does not wait.
+        assert!(!in_flight.conflicts(&item("2", 10, partial(serde_json::json!({"a": 3})))));
+        in_flight.remove(vec![sent[0].key()]);
+        assert!(!in_flight.conflicts(&same));
+    }
+
+    #[test]
+    fn the_batch_estimate_is_the_bulk_body_estimate() {
+        let mut batch = Batch::default();
+        let item = item("1", 10, full(serde_json::json!({"a": 1})));
+        let expected = match item.doc.write {
+            Write::Full(ref document) => BulkOp::Index {
+                index: item.doc.index.clone(),
+                id: item.doc.id.clone(),
+                version: item.doc.version,
+                document: document.clone(),
+            }
+            .estimated_bytes(),
+            _ => unreachable!(),
+        };
+        batch.push(item);
+        assert_eq!(batch.bytes, expected);
+    }
+}

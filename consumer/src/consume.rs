@@ -1,0 +1,349 @@
+//! The read loop of one sink: messages from the group consumer through decode and route into
+//! the open batch, batches out to delivery, settled outcomes into the offset tracker, and a
+//! timer that commits each partition up to its first event that is not final.
+//!
+//! ```text
+//!  recv ─▶ decode ─▶ route ─▶ batch ──dispatch──▶ [task: deliver ─▶ dead letters] ×N
+//!                                                          │ Report
+//!  commit tick ◀── tracker ◀──────────── settle ◀──────────┘
+//! ```
+//!
+//! A batch goes out when it holds `batch_size` events or `batch_max_bytes`, or after `linger`;
+//! up to `max_in_flight_requests` batches are in flight, each in its own task. An event that
+//! versions cannot order after a batch in flight (see [`crate::batch`]) waits for it; a
+//! TRUNCATE marker waits for every batch in flight.
+
+pub mod group;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::task::JoinSet;
+
+use crate::batch::{Batch, InFlight, Item, Letter, Ticket};
+use crate::dead_letter::{DeadLetter, Original};
+use crate::decode::{self, Decoded};
+use crate::elastic::deliver::{self, Report};
+use crate::error::Error;
+use crate::event::KafkaPosition;
+use crate::offsets::{Slot, Tracker};
+use crate::route::{self, Routing};
+use crate::sink::Shared;
+use crate::stats::{Outcome, now_micros};
+use group::SinkContext;
+
+/// How long a graceful stop waits for the batches in flight.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A message copied out of the client's buffer (borrowed messages must not outlive the
+/// consumer, and must not be held across awaits).
+#[derive(Debug)]
+struct Received {
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+}
+
+/// What the read loop does with one event besides batching it.
+#[derive(Debug)]
+enum Next {
+    Done(Outcome),
+    Batch(Item),
+    DeadLetter(Letter),
+    Truncate(u64),
+}
+
+pub struct Reader {
+    shared: Arc<Shared>,
+    tracker: Arc<Mutex<Tracker>>,
+    batch: Batch,
+    in_flight: JoinSet<Result<Report, Error>>,
+    in_flight_keys: InFlight,
+}
+
+impl Reader {
+    pub fn new(shared: Arc<Shared>, tracker: Arc<Mutex<Tracker>>) -> Self {
+        Self {
+            shared,
+            tracker,
+            batch: Batch::default(),
+            in_flight: JoinSet::new(),
+            in_flight_keys: InFlight::default(),
+        }
+    }
+
+    /// Reads until shutdown or an error that stops the sink, then commits what is final and
+    /// waits for (or, after an error, aborts) the batches in flight.
+    pub async fn run(mut self, consumer: &StreamConsumer<SinkContext>) -> Result<(), Error> {
+        let result = self.read(consumer).await;
+        // Commit what is final, whatever happened; nothing past an unsettled event.
+        self.commit(consumer, CommitMode::Sync);
+        if result.is_err() {
+            self.in_flight.abort_all();
+        }
+        while self.in_flight.join_next().await.is_some() {}
+        result
+    }
+
+    async fn read(&mut self, consumer: &StreamConsumer<SinkContext>) -> Result<(), Error> {
+        let config = &self.shared.prepared.config;
+        let linger = config.elasticsearch.linger.get();
+        let max_in_flight = config.elasticsearch.max_in_flight_requests.max(1);
+        let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.shared.writer.shutdown.clone();
+        loop {
+            let full = self.batch.is_full(&self.shared.prepared.config);
+            if full && self.in_flight.len() < max_in_flight {
+                self.dispatch();
+            }
+            let full = self.batch.is_full(&self.shared.prepared.config);
+            let deadline = self
+                .batch
+                .opened()
+                .map(|opened| tokio::time::Instant::from_std(opened + linger));
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.settle(joined)?;
+                }
+                () = sleep_until(deadline), if deadline.is_some() && self.in_flight.len() < max_in_flight => {
+                    self.dispatch();
+                }
+                _ = commit_tick.tick() => self.commit(consumer, CommitMode::Async),
+                message = consumer.recv(), if !full => {
+                    let received = match message {
+                        Ok(message) => Received {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key().map(Bytes::copy_from_slice),
+                            payload: message.payload().map(Bytes::copy_from_slice),
+                        },
+                        Err(error) => {
+                            tracing::warn!(sink = %self.shared.prepared.config.name, %error, "kafka consumer error");
+                            continue;
+                        }
+                    };
+                    self.handle(received).await?;
+                }
+            }
+        }
+        // Graceful stop: send what is batched and wait (bounded) for the requests in flight.
+        self.dispatch();
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        while !self.in_flight.is_empty() {
+            tokio::select! {
+                () = &mut grace => break,
+                Some(joined) = self.in_flight.join_next() => {
+                    if let Err(error) = self.settle(joined) {
+                        tracing::warn!(%error, "bulk request failed during shutdown");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, received: Received) -> Result<(), Error> {
+        let slot = match self.tracker.lock() {
+            Ok(mut tracker) => tracker.receive(received.partition, received.offset),
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
+            // Fetched just before its partition was revoked: the next owner reads it.
+            return Ok(());
+        };
+        match self.prepare(received, slot) {
+            Next::Done(outcome) => self.finish(slot, outcome, 0),
+            Next::Batch(item) => {
+                if self.in_flight_keys.conflicts(&item) {
+                    // Versions cannot order this write after the earlier one: wait for it.
+                    self.dispatch();
+                    self.drain().await?;
+                }
+                self.batch.push(item);
+            }
+            Next::DeadLetter(letter) => self.batch.push_letter(letter),
+            Next::Truncate(version) => {
+                self.dispatch();
+                self.drain().await?;
+                let sink = &self.shared.prepared;
+                if sink.config.ignore_truncate {
+                    tracing::info!(sink = %sink.config.name, "table truncated; documents kept (ignore_truncate)");
+                } else {
+                    let pattern = sink.template.pattern();
+                    let batch_size = sink.config.elasticsearch.batch_size;
+                    let truncated =
+                        deliver::truncate(&self.shared.writer, &pattern, version, batch_size)
+                            .await?;
+                    tracing::info!(
+                        sink = %sink.config.name, pattern, version,
+                        documents = truncated.deleted, newer = truncated.newer, refused = truncated.refused,
+                        "table truncated: documents deleted"
+                    );
+                }
+                self.finish(slot, Outcome::Skipped, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, slot: Slot, outcome: Outcome, commit_micros: i64) {
+        if let Ok(mut tracker) = self.tracker.lock() {
+            tracker.done(slot);
+        }
+        let stats = &self.shared.writer.stats;
+        stats.record(outcome, 1);
+        if commit_micros > 0 && matches!(outcome, Outcome::Indexed | Outcome::Deleted) {
+            #[allow(clippy::cast_precision_loss)] // seconds for a histogram
+            let seconds = (now_micros() - commit_micros).max(0) as f64 / 1e6;
+            stats.indexed_after_commit(seconds);
+        }
+    }
+
+    /// Decodes and routes one message.
+    fn prepare(&self, received: Received, slot: Slot) -> Next {
+        let shared = &self.shared;
+        let original = Original {
+            topic: shared.topic.clone(),
+            partition: received.partition,
+            offset: received.offset,
+            key: received.key,
+            payload: received.payload,
+        };
+        let dead_letter = |original, letter| {
+            Next::DeadLetter(Letter {
+                slot,
+                original,
+                letter,
+            })
+        };
+        let Some(payload) = &original.payload else {
+            // A tombstone: the DELETE before it did the work.
+            return Next::Done(Outcome::Skipped);
+        };
+        let (event, action) = match decode::decode(payload) {
+            Ok(Decoded::Change(event, action)) => (event, action),
+            Ok(Decoded::Truncate(version)) => return Next::Truncate(version),
+            Err(error) => return dead_letter(original, DeadLetter::from(error)),
+        };
+        let kafka = KafkaPosition {
+            topic: &shared.topic,
+            partition: received.partition,
+            offset: received.offset,
+        };
+        match route::route(&shared.prepared, &event, action, kafka) {
+            Ok(Routing::Skip(outcome)) => Next::Done(outcome),
+            Ok(Routing::Write(doc)) => Next::Batch(Item {
+                doc,
+                ticket: Ticket {
+                    slot,
+                    replaced: Vec::new(),
+                    original,
+                    commit_micros: event.position.unwrap_or_default().commit_time_micros,
+                },
+            }),
+            Err(letter) => dead_letter(original, letter),
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let (items, letters) = self.batch.take();
+        self.in_flight_keys.add(&items);
+        self.in_flight
+            .spawn(write_batch(self.shared.clone(), items, letters));
+    }
+
+    /// Waits for every batch in flight.
+    async fn drain(&mut self) -> Result<(), Error> {
+        while let Some(joined) = self.in_flight.join_next().await {
+            self.settle(joined)?;
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        joined: Result<Result<Report, Error>, tokio::task::JoinError>,
+    ) -> Result<(), Error> {
+        let report = match joined? {
+            Ok(report) => report,
+            Err(Error::Interrupted) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        self.in_flight_keys.remove(report.keys);
+        for (slot, outcome, commit_micros) in report.settled {
+            self.finish(slot, outcome, commit_micros);
+        }
+        Ok(())
+    }
+
+    fn commit(&self, consumer: &StreamConsumer<SinkContext>, mode: CommitMode) {
+        let positions = match self.tracker.lock() {
+            Ok(mut tracker) => tracker.to_commit(),
+            Err(_) => return,
+        };
+        if positions.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in &positions {
+            let _ =
+                list.add_partition_offset(&self.shared.topic, partition, Offset::Offset(offset));
+        }
+        match consumer.commit(&list, mode) {
+            Ok(()) => {
+                for (partition, offset) in positions {
+                    self.shared.writer.stats.committed(partition, offset);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(sink = %self.shared.prepared.config.name, %error, "offset commit failed; retried with the next one");
+            }
+        }
+    }
+}
+
+/// The task of one batch: delivers its items, then sends its dead letters (those of the stages
+/// before the cluster and those the cluster rejected) together, and reports them settled.
+async fn write_batch(
+    shared: Arc<Shared>,
+    items: Vec<Item>,
+    letters: Vec<Letter>,
+) -> Result<Report, Error> {
+    let mut report = deliver::deliver(&shared.writer, items).await?;
+    let rejected = std::mem::take(&mut report.letters);
+    let all: Vec<(&Original, &DeadLetter)> = letters
+        .iter()
+        .map(|l| (&l.original, &l.letter))
+        .chain(rejected.iter().map(|(t, l)| (&t.original, l)))
+        .collect();
+    shared
+        .dead_letters
+        .send_all(&all, &shared.writer.shutdown)
+        .await?;
+    for letter in &letters {
+        report.settled.push((letter.slot, Outcome::DeadLettered, 0));
+    }
+    for (ticket, _) in &rejected {
+        report.settle(ticket, Outcome::DeadLettered);
+    }
+    Ok(report)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
