@@ -261,7 +261,9 @@ async fn members(
     tokio::task::spawn_blocking(move || {
         let list = consumer
             .fetch_group_list(Some(&group), KAFKA_TIMEOUT)
-            .map_err(Error::kafka(format!("reading the members of group {group}")))?;
+            .map_err(Error::kafka(format!(
+                "reading the members of group {group}"
+            )))?;
         let mut members: Vec<_> = list
             .groups()
             .iter()
