@@ -20,6 +20,24 @@ const ROWS: i32 = 6_000;
 const TOASTED_EVERY: i32 = 3;
 const WAIT: Duration = Duration::from_secs(120);
 
+/// `items(id, qty, body)` with [`ROWS`] rows, every [`TOASTED_EVERY`]th with a ~9.6 kB body
+/// stored out of line, and the sequence new rows take their ids from.
+async fn create_items(db: &tokio_postgres::Client) {
+    db.batch_execute(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, body text NOT NULL);
+         INSERT INTO items
+           SELECT g, 0, CASE WHEN g % {TOASTED_EVERY} = 0
+                             THEN (SELECT string_agg(md5(g::text || s::text), '')
+                                   FROM generate_series(1, 300) s)
+                             ELSE 'short ' || g END
+           FROM generate_series(1, {ROWS}) g;
+         CREATE SEQUENCE new_ids START 100000;
+         ANALYZE items;"
+    ))
+    .await
+    .unwrap();
+}
+
 /// The table as documents: `_id` → the record the consumer indexes without a transform.
 async fn table_documents(db: &tokio_postgres::Client) -> BTreeMap<String, Value> {
     db.query("SELECT id, qty, body FROM items", &[])
@@ -69,18 +87,7 @@ fn completed_rows_metric() -> f64 {
 async fn a_backfill_keeps_rows_whose_window_saw_only_updates_without_their_toasted_column() {
     let context = TestContext::new("backfill_toast").await.unwrap();
     let db = context.postgres().await.unwrap();
-    db.batch_execute(&format!(
-        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, body text NOT NULL);
-         INSERT INTO items
-           SELECT g, 0, CASE WHEN g % {TOASTED_EVERY} = 0
-                             THEN (SELECT string_agg(md5(g::text || s::text), '')
-                                   FROM generate_series(1, 300) s)
-                             ELSE 'short ' || g END
-           FROM generate_series(1, {ROWS}) g;
-         ANALYZE items;"
-    ))
-    .await
-    .unwrap();
+    create_items(&db).await;
     let toasted: i64 = db
         .query_one(
             "SELECT count(*) FROM items WHERE pg_column_size(body) > 2000",
@@ -197,19 +204,7 @@ fn spawn_mixed_writer(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHa
 async fn kill_9_during_a_backfill_under_writes_leaves_nothing_for_verify_to_find() {
     let context = TestContext::new("backfill_kill").await.unwrap();
     let db = context.postgres().await.unwrap();
-    db.batch_execute(&format!(
-        "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, body text NOT NULL);
-         INSERT INTO items
-           SELECT g, 0, CASE WHEN g % {TOASTED_EVERY} = 0
-                             THEN (SELECT string_agg(md5(g::text || s::text), '')
-                                   FROM generate_series(1, 300) s)
-                             ELSE 'short ' || g END
-           FROM generate_series(1, {ROWS}) g;
-         CREATE SEQUENCE new_ids START 100000;
-         ANALYZE items;"
-    ))
-    .await
-    .unwrap();
+    create_items(&db).await;
     let sink = context.sink_yaml(
         "items",
         "public.items",
