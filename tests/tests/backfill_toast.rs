@@ -329,7 +329,10 @@ async fn kill_9_during_a_backfill_under_writes_leaves_nothing_for_verify_to_find
     assert_eq!(report["rows"], rows, "{report}");
     // The scan may have run while the consumers caught up (its count is of that moment); what
     // verify reported is checked against the index itself.
-    let docs = context.documents(Cluster::Elasticsearch, "items").await.unwrap();
+    let docs = context
+        .documents(Cluster::Elasticsearch, "items")
+        .await
+        .unwrap();
     assert_eq!(docs.len() as i64, rows, "{report}");
     for process in consumers.iter_mut().chain([&mut producer]) {
         assert_eq!(

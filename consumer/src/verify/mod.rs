@@ -18,6 +18,7 @@
 //!    (`external_gte`, so a newer write is never removed), then checks those ids again.
 
 mod drift;
+mod repair;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -29,8 +30,7 @@ use sluice_producer::backfill::rows::TableReader;
 use sluice_proto::v1::ChangeEvent;
 
 use self::drift::{DocId, Finding, Kind, Report, compare, id_parts};
-use crate::commands::lag;
-use crate::elastic::{BulkOp, Client, ItemResult};
+use crate::elastic::Client;
 use crate::error::Error;
 use crate::event::{self, KafkaPosition};
 use crate::route;
@@ -41,10 +41,6 @@ use crate::sink::Prepared;
 const RANGE: u32 = 1_000;
 /// Suspects kept for the second look; past this many the rest are reported as found.
 const MAX_SUSPECTS: usize = 100_000;
-/// Keys per repair backfill.
-const REPAIR_KEYS: usize = 500;
-/// How long `--repair` waits for its backfills.
-const REPAIR_TIMEOUT: Duration = Duration::from_secs(600);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What `verify` was asked to do.
@@ -337,7 +333,7 @@ impl Check {
         findings: Vec<Finding>,
         settle: Duration,
     ) -> Result<Vec<Finding>, Error> {
-        wait_for_pipeline(config, &self.prepared.config.name, &self.topic, settle).await?;
+        repair::wait_for_pipeline(config, &self.prepared.config.name, &self.topic, settle).await?;
         self.check_ids(findings.into_iter().map(|f| f.doc).collect())
             .await
     }
@@ -459,127 +455,5 @@ impl Check {
             }
         }
         Ok(stored)
-    }
-
-    /// Step 4: backfills of the missing and stale rows, versioned deletes of the extra
-    /// documents; returns (rows backfilled, documents deleted) once the backfills are done.
-    async fn repair(&mut self, findings: &[Finding]) -> Result<(u64, u64), Error> {
-        let rows: Vec<DocId> = findings
-            .iter()
-            .filter(|f| f.kind != Kind::Extra)
-            .map(|f| f.doc.clone())
-            .collect();
-        let mut keys = Vec::new();
-        for part in rows.chunks(RANGE as usize) {
-            let tuples: Vec<Vec<String>> = part
-                .iter()
-                .filter_map(|(_, id)| id_parts(id, self.id_columns.len()))
-                .collect();
-            for (_, event) in self.rows_where(&tuples, true).await? {
-                keys.push(TableReader::key_text(&event));
-            }
-        }
-        let mut backfills = Vec::new();
-        for part in keys.chunks(REPAIR_KEYS) {
-            let id = self
-                .reader
-                .request_backfill(part)
-                .await
-                .map_err(|e| self.table_error(e))?;
-            backfills.push(id);
-        }
-        let deletes: Vec<BulkOp> = findings
-            .iter()
-            .filter(|f| f.kind == Kind::Extra)
-            .filter_map(|f| {
-                Some(BulkOp::Delete {
-                    index: f.doc.0.clone(),
-                    id: f.doc.1.clone(),
-                    version: f.version?,
-                })
-            })
-            .collect();
-        let mut deleted = 0;
-        for part in deletes.chunks(RANGE as usize) {
-            let results = self
-                .client
-                .bulk(part)
-                .await
-                .map_err(|e| self.sink_error(e))?;
-            deleted += results
-                .iter()
-                .filter(|r| matches!(r, ItemResult::Done | ItemResult::NotFound))
-                .count() as u64;
-        }
-        if !backfills.is_empty() {
-            eprintln!(
-                "verify {}: repairing: {} rows queued for backfill ({} backfills: {backfills:?}); waiting for the producer",
-                self.prepared.config.name,
-                keys.len(),
-                backfills.len()
-            );
-        }
-        let deadline = Instant::now() + REPAIR_TIMEOUT;
-        for id in backfills {
-            loop {
-                let (state, error) = self
-                    .reader
-                    .backfill_state(id)
-                    .await
-                    .map_err(|e| self.table_error(e))?;
-                match state.as_str() {
-                    "done" => break,
-                    "failed" => {
-                        return Err(Error::Check(format!(
-                            "repair backfill {id} failed: {}",
-                            error.unwrap_or_default()
-                        )));
-                    }
-                    _ if Instant::now() > deadline => {
-                        return Err(Error::Check(format!(
-                            "repair backfill {id} is still {state} after {} s: is sluice-producer running? (`sluice-producer status` shows it)",
-                            REPAIR_TIMEOUT.as_secs()
-                        )));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
-                }
-            }
-        }
-        Ok((keys.len() as u64, deleted))
-    }
-}
-
-/// Waits (at most `settle`) until the sink's group has committed up to the end its topic has
-/// now: what the pipeline knew when this was called is then in the index.
-async fn wait_for_pipeline(
-    config: &Config,
-    group: &str,
-    topic: &str,
-    settle: Duration,
-) -> Result<(), Error> {
-    let deadline = Instant::now() + settle;
-    let target: BTreeMap<i32, i64> = lag(config, group, topic)
-        .await?
-        .into_iter()
-        .map(|p| (p.partition, p.end))
-        .collect();
-    loop {
-        let now = lag(config, group, topic).await?;
-        let behind = now.iter().any(|p| {
-            target
-                .get(&p.partition)
-                .is_some_and(|end| p.committed.unwrap_or(0) < *end)
-        });
-        if !behind {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "verify: consumer group {group} did not reach the end of {topic} within {} s (is sluice-consumer running?): checking again anyway",
-                settle.as_secs()
-            );
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
