@@ -30,11 +30,11 @@ use sluice_producer::backfill::rows::TableReader;
 use sluice_proto::v1::ChangeEvent;
 
 use self::drift::{DocId, Finding, Kind, Report, compare, id_parts};
+use crate::batch::{Doc, Write};
 use crate::elastic::Client;
 use crate::error::Error;
-use crate::event::{self, KafkaPosition};
-use crate::route;
-use crate::script::Verdict;
+use crate::event::KafkaPosition;
+use crate::route::{self, Routing};
 use crate::sink::Prepared;
 
 /// Rows per range, and ids per `_mget` or table look-up.
@@ -205,44 +205,44 @@ impl Check {
         }
     }
 
-    /// The document `event` (a row read now) should be, as the consumer would route it.
+    /// The document `event` (a row read now, as a backfill would publish it) should be: the
+    /// consumer's own routing of it.
     fn expect(&self, event: &ChangeEvent) -> Expect {
-        let sink = &self.prepared.config;
-        let writes = [Action::Insert, Action::Update, Action::Read];
-        if !writes.iter().any(|a| sink.actions.contains(a)) {
-            return Expect::Nothing;
-        }
-        let Ok(id) = route::document_id(event, sink.id_columns.as_deref()) else {
-            return Expect::Unindexable;
+        let kafka = KafkaPosition {
+            topic: &self.topic,
+            partition: 0,
+            offset: 0,
         };
-        let scripts = &self.prepared.scripts;
-        if !scripts.has_filter()
-            && !scripts.has_transform()
-            && let Some(index) = self.prepared.template.fixed()
-        {
-            return match serde_json::from_slice(&event::record_json(&event.record)) {
-                Ok(source) => Expect::Document((index.to_owned(), id), source),
+        // A sink that skips backfilled rows still indexes the row when it is inserted or updated.
+        let actions = &self.prepared.config.actions;
+        let action = [Action::Read, Action::Insert, Action::Update]
+            .into_iter()
+            .find(|a| actions.contains(a))
+            .unwrap_or(Action::Read);
+        match route::route(&self.prepared, event, action, kafka) {
+            Ok(Routing::Write(Doc {
+                index,
+                id,
+                write: Write::Full(bytes),
+                ..
+            })) => match serde_json::from_slice(&bytes) {
+                Ok(source) => Expect::Document((index, id), source),
                 Err(_) => Expect::Unindexable,
-            };
-        }
-        let input = event::script_input(
-            event,
-            Action::Read,
-            KafkaPosition {
-                topic: &self.topic,
-                partition: 0,
-                offset: 0,
             },
-        );
-        let Ok(index) = self.prepared.template.render(&input) else {
-            return Expect::Unindexable;
-        };
-        match scripts.apply(&input) {
-            Ok(Verdict::Document(document)) => {
-                Expect::Document((index, id), Value::Object(document))
-            }
-            Ok(Verdict::Filtered) => Expect::Nothing,
-            Err(_) => Expect::Unindexable,
+            // Not taken by the sink, or filtered out (routed as a delete).
+            Ok(
+                Routing::Skip(_)
+                | Routing::Write(Doc {
+                    write: Write::Delete,
+                    ..
+                }),
+            ) => Expect::Nothing,
+            // A read carries every column; a partial write cannot come of it.
+            Ok(Routing::Write(Doc {
+                write: Write::Partial(_),
+                ..
+            }))
+            | Err(_) => Expect::Unindexable,
         }
     }
 
