@@ -31,7 +31,7 @@ log "cargo build --bins"
 # End-to-end tests run the real binaries (kill -9, SIGTERM, exit codes).
 cargo build --locked --workspace --bins
 log "cargo test"
-cargo test --locked --workspace "$@"
+cargo test --locked --workspace --no-fail-fast "$@"
 log "image and compose end-to-end test"
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.

@@ -103,23 +103,22 @@ impl TestContext {
         if refresh.status() == 404 {
             return Ok(BTreeMap::new());
         }
+        // A scroll reads one point-in-time view: paging with `search_after` on `_doc` can skip
+        // or repeat documents when a merge lands between two pages.
         let mut docs = BTreeMap::new();
-        let mut search_after: Option<Value> = None;
-        loop {
-            let mut body = serde_json::json!({
+        let mut response = client
+            .post(format!(
+                "{base}/{index}/_search?scroll=1m&ignore_unavailable=true"
+            ))
+            .json(&serde_json::json!({
                 "size": 5000,
                 "version": true,
-                "sort": [{"_doc": "asc"}],
+                "sort": ["_doc"],
                 "query": {"match_all": {}},
-            });
-            if let Some(after) = &search_after {
-                body["search_after"] = after.clone();
-            }
-            let response = client
-                .post(format!("{base}/{index}/_search?ignore_unavailable=true"))
-                .json(&body)
-                .send()
-                .await?;
+            }))
+            .send()
+            .await?;
+        loop {
             let status = response.status();
             let answer: Value = response.json().await?;
             if status == 404 {
@@ -128,11 +127,19 @@ impl TestContext {
             if !status.is_success() {
                 bail!("search {index}: {status} {answer}");
             }
+            let scroll_id = answer["_scroll_id"].as_str().map(str::to_owned);
             let hits = answer["hits"]["hits"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
             if hits.is_empty() {
+                if let Some(scroll_id) = scroll_id {
+                    let _ = client
+                        .delete(format!("{base}/_search/scroll"))
+                        .json(&serde_json::json!({"scroll_id": scroll_id}))
+                        .send()
+                        .await;
+                }
                 return Ok(docs);
             }
             for hit in &hits {
@@ -145,7 +152,12 @@ impl TestContext {
                     },
                 );
             }
-            search_after = hits.last().map(|h| h["sort"].clone());
+            let scroll_id = scroll_id.context("search answer without _scroll_id")?;
+            response = client
+                .post(format!("{base}/_search/scroll"))
+                .json(&serde_json::json!({"scroll": "1m", "scroll_id": scroll_id}))
+                .send()
+                .await?;
         }
     }
 

@@ -1,7 +1,8 @@
 //! Backfills against real Postgres and Kafka: every existing row arrives as a READ event while a
 //! writer keeps changing the table, and folding the topic gives exactly the table; a `kill -9` in
 //! the middle resumes from the last finished chunk; `sluice-producer backfill` starts filtered and
-//! repeated backfills on a running producer, and refuses bad input before writing anything.
+//! repeated backfills on a running producer, and refuses bad input before writing anything; a
+//! backfill of a table that keeps growing at the end of its key order finishes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
@@ -357,6 +358,84 @@ async fn kill_9_in_the_middle_of_a_backfill_resumes_from_the_last_finished_chunk
 
     let code = second.terminate(Duration::from_secs(30)).await.unwrap();
     assert_eq!(code, Some(0), "output:\n{}", second.output());
+    context.cleanup().await.unwrap();
+}
+
+/// A table that keeps receiving rows at the end of its key order: the backfill stops at the
+/// last key it saw when it started (the control table's `end_key`) instead of chasing the new
+/// rows, which come through the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_of_a_table_growing_at_its_end_finishes_at_its_starting_last_key() {
+    const START_ROWS: i64 = 2_000;
+    let context = TestContext::new("backfill_tail").await.unwrap();
+    let db = context.postgres().await.unwrap();
+    create_items(&db, START_ROWS).await;
+    // 400 rows/s in chunks of 100: each chunk sees the ~10 rows appended since the one before.
+    let yaml = context.config_yaml(
+        "  - name: public.items\n    backfill: true",
+        "producer:\n  backfill_chunk_size: 100\n  backfill_max_rows_per_second: 400\n  \
+         status_interval: 1s",
+    );
+    let config = context.write_config(&yaml).unwrap();
+    let appending = Arc::new(AtomicBool::new(false));
+    let appender = {
+        let url = context.postgres_url();
+        let stop = appending.clone();
+        tokio::spawn(async move {
+            let db = connect(&url).await.unwrap();
+            let mut appended = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                db.batch_execute(
+                    "INSERT INTO items VALUES (nextval('new_ids'), 1, md5(random()::text), 1.50, true, NULL)",
+                )
+                .await
+                .unwrap();
+                appended += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            appended
+        })
+    };
+    let mut producer = start_producer(&config, "producer");
+    let (_, rows_done) = wait_done(&db, "public.items", 0, Duration::from_secs(90)).await;
+    // Some more rows after the end, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    appending.store(true, Ordering::SeqCst);
+    let appended = appender.await.unwrap();
+    assert!(appended > 100, "the appender hardly ran ({appended} rows)");
+    let ends: (serde_json::Value, serde_json::Value) = db
+        .query_one(
+            "SELECT end_key, last_key FROM sluice.backfills WHERE table_name = 'public.items'",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    // end_key is the last row when the backfill started; the appender went on long after.
+    let end: i64 = ends.0[0].as_str().unwrap().parse().unwrap();
+    let last: i64 = db
+        .query_one("SELECT max(id) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(end >= START_ROWS, "end_key {end}");
+    assert!(
+        last - end > 50,
+        "the backfill ended at {end}, the table at {last}"
+    );
+    assert_eq!(ends.1, ends.0, "the last chunk ended at end_key");
+    settle(&context).await;
+    let records = context
+        .read_topic(&context.topic("public.items"))
+        .await
+        .unwrap();
+    assert_eq!(reads(&records).len() as i64, rows_done);
+    let table = items_table(&db).await;
+    assert_eq!(table.len() as u64, START_ROWS as u64 + appended);
+    assert_exact(&records, &table, "a backfill while rows are appended");
+
+    let code = producer.terminate(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(code, Some(0), "output:\n{}", producer.output());
     context.cleanup().await.unwrap();
 }
 

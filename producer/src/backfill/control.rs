@@ -15,6 +15,7 @@
 //! | `kind` | `initial` (from `tables[].backfill`, once per slot and table) or `on_demand` |
 //! | `state` | `pending`, `running`, `done` or `failed` |
 //! | `last_key` | key values (their text forms, a JSON array) of the last row whose chunk Kafka acknowledged |
+//! | `end_key` | key values of the last row when the backfill started: it reads no further (later rows come through the stream); NULL for a table that was empty |
 //! | `rows_done` | rows read up to `last_key` |
 //! | `rows_total` | the planner's estimate of the rows to read |
 //! | `error` | why a `failed` backfill stopped |
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sluice.backfills (
     kind text NOT NULL DEFAULT 'on_demand',
     state text NOT NULL DEFAULT 'pending',
     last_key jsonb,
+    end_key jsonb,
     rows_done bigint NOT NULL DEFAULT 0,
     rows_total bigint,
     error text,
@@ -60,6 +62,8 @@ pub struct Job {
     pub condition: Option<String>,
     pub state: String,
     pub last_key: Option<Vec<String>>,
+    /// Where the backfill stops, once it started (`None` before, or for a table that was empty).
+    pub end_key: Option<Vec<String>>,
     pub rows_done: i64,
     pub rows_total: Option<i64>,
     pub error: Option<String>,
@@ -72,7 +76,7 @@ pub async fn ensure(sql: &Client) -> Result<(), Error> {
         .await
         .map_err(|e| Error::postgres("looking for the control table sluice.backfills", e))?;
     if exists.get::<_, bool>(0) {
-        return Ok(());
+        return upgrade(sql).await;
     }
     match sql.batch_execute(DDL).await {
         Ok(()) => {
@@ -93,6 +97,42 @@ pub async fn ensure(sql: &Client) -> Result<(), Error> {
         ))),
         Err(e) => Err(Error::postgres(
             "creating the control table sluice.backfills",
+            e,
+        )),
+    }
+}
+
+/// Adds the columns later versions introduced to a control table an earlier version created.
+async fn upgrade(sql: &Client) -> Result<(), Error> {
+    let has_end_key = sql
+        .query_one(
+            "SELECT count(*) > 0 FROM information_schema.columns
+             WHERE table_schema = 'sluice' AND table_name = 'backfills' AND column_name = 'end_key'",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("looking at the control table sluice.backfills", e))?;
+    if has_end_key.get::<_, bool>(0) {
+        return Ok(());
+    }
+    match sql
+        .batch_execute("ALTER TABLE sluice.backfills ADD COLUMN IF NOT EXISTS end_key jsonb")
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(
+                table = TABLE,
+                "added column end_key to the backfill control table"
+            );
+            Ok(())
+        }
+        Err(e) if e.code().is_some_and(|c| c.code() == "42501") => Err(Error::Setup(format!(
+            "cannot add column end_key to the backfill control table {TABLE}: {}; run `ALTER TABLE {TABLE} ADD COLUMN end_key jsonb` once as its owner (see docs/operations.md)",
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_owned())
+        ))),
+        Err(e) => Err(Error::postgres(
+            "adding column end_key to the control table sluice.backfills",
             e,
         )),
     }
@@ -151,20 +191,34 @@ pub async fn request(
     Ok(id)
 }
 
+/// Key values stored as a JSON array of their text forms.
+fn key_values(json: Option<Json>) -> Option<Vec<String>> {
+    json.and_then(|k| {
+        k.as_array().map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+    })
+}
+
+/// The SQL form of stored key values.
+fn key_json(key: Option<&[String]>) -> String {
+    match key {
+        Some(key) => format!("{}::jsonb", literal(&Json::from(key.to_vec()).to_string())),
+        None => "NULL".to_owned(),
+    }
+}
+
 fn job(row: &tokio_postgres::Row) -> Job {
-    let last_key: Option<Json> = row.get(4);
     Job {
         id: row.get(0),
         table: row.get(1),
         condition: row.get(2),
         state: row.get(3),
-        last_key: last_key.and_then(|k| {
-            k.as_array().map(|a| {
-                a.iter()
-                    .map(|v| v.as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-        }),
+        last_key: key_values(row.get(4)),
+        // Only the producer's own query asks for it (after `ensure` added the column).
+        end_key: key_values(row.try_get(8).ok().flatten()),
         rows_done: row.get(5),
         rows_total: row.get(6),
         error: row.get(7),
@@ -178,7 +232,7 @@ pub async fn unfinished(sql: &Client, slot: &str) -> Result<Vec<Job>, Error> {
     let rows = sql
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM sluice.backfills
+                "SELECT {COLUMNS}, end_key FROM sluice.backfills
                  WHERE slot = $1 AND state IN ('pending', 'running') ORDER BY id"
             ),
             &[&slot],
@@ -211,14 +265,21 @@ pub async fn recent(sql: &Client, slot: &str, limit: i64) -> Result<Vec<Job>, Er
     Ok(rows.iter().map(job).collect())
 }
 
-/// A backfill starts (or resumes): state `running`, with the estimate when it has none yet.
-pub async fn start(sql: &Client, id: i64, rows_total: Option<i64>) -> Result<(), Error> {
-    sql.execute(
-        "UPDATE sluice.backfills SET state = 'running', rows_total = coalesce(rows_total, $2),
-                started_at = coalesce(started_at, now()), updated_at = now()
-         WHERE id = $1",
-        &[&id, &rows_total],
-    )
+/// A backfill starts: state `running`, with the estimate and the key it ends at. A backfill an
+/// earlier version started without an end gets one here too.
+pub async fn start(
+    sql: &Client,
+    id: i64,
+    rows_total: Option<i64>,
+    end_key: Option<&[String]>,
+) -> Result<(), Error> {
+    sql.batch_execute(&format!(
+        "UPDATE sluice.backfills SET state = 'running', rows_total = coalesce(rows_total, {}),
+                end_key = {}, started_at = coalesce(started_at, now()), updated_at = now()
+         WHERE id = {id}",
+        rows_total.map_or("NULL".to_owned(), |t| t.to_string()),
+        key_json(end_key),
+    ))
     .await
     .map_err(|e| Error::postgres("updating the backfill control table", e))?;
     Ok(())
@@ -226,10 +287,7 @@ pub async fn start(sql: &Client, id: i64, rows_total: Option<i64>) -> Result<(),
 
 /// The SQL that records progress; it runs in the low watermark's transaction.
 pub fn progress_sql(id: i64, last_key: Option<&[String]>, rows_done: u64) -> String {
-    let key = match last_key {
-        Some(key) => format!("{}::jsonb", literal(&Json::from(key.to_vec()).to_string())),
-        None => "NULL".to_owned(),
-    };
+    let key = key_json(last_key);
     format!(
         "UPDATE sluice.backfills SET last_key = {key}, rows_done = {rows_done}, updated_at = now() \
          WHERE id = {id}"

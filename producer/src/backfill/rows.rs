@@ -115,6 +115,7 @@ pub(super) fn chunk_query(
     shape: &Shape,
     key_columns: &[String],
     after: Option<&[String]>,
+    until: Option<&[String]>,
     condition: Option<&str>,
     limit: u32,
 ) -> String {
@@ -127,13 +128,19 @@ pub(super) fn chunk_query(
     let keys: Vec<String> = key_columns.iter().map(|c| quote_ident(c)).collect();
     let keys = keys.join(", ");
     let mut filters = Vec::new();
-    if let Some(after) = after {
-        let values: Vec<String> = after
+    let typed = |values: &[String]| -> String {
+        values
             .iter()
             .zip(&shape.key_types)
             .map(|(value, type_name)| format!("{}::{type_name}", literal(value)))
-            .collect();
-        filters.push(format!("({keys}) > ({})", values.join(", ")));
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(after) = after {
+        filters.push(format!("({keys}) > ({})", typed(after)));
+    }
+    if let Some(until) = until {
+        filters.push(format!("({keys}) <= ({})", typed(until)));
     }
     if let Some(condition) = condition {
         // Line breaks: a trailing `--` comment in the condition cannot swallow what follows.
@@ -294,6 +301,7 @@ impl TableReader {
             &shape,
             &self.key_columns,
             self.after.as_deref(),
+            None,
             self.condition.as_deref(),
             limit,
         );
@@ -332,6 +340,7 @@ impl TableReader {
             &self.quoted,
             &shape,
             &self.key_columns,
+            None,
             None,
             Some(&condition),
             u32::try_from(tuples.len()).unwrap_or(u32::MAX),
@@ -463,7 +472,7 @@ mod tests {
     #[test]
     fn chunks_page_by_the_whole_key_with_typed_literals() {
         let keys = ["tenant".to_owned(), "id".to_owned()];
-        let first = chunk_query("\"public\".\"t\"", &shape(), &keys, None, None, 10);
+        let first = chunk_query("\"public\".\"t\"", &shape(), &keys, None, None, None, 10);
         assert_eq!(
             first,
             "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" ORDER BY \"tenant\", \"id\" LIMIT 10"
@@ -473,14 +482,15 @@ mod tests {
             &shape(),
             &keys,
             Some(&["o'hara".to_owned(), "7".to_owned()]),
+            Some(&["z".to_owned(), "1".to_owned()]),
             Some("note <> 'x' -- comment"),
             10,
         );
         assert_eq!(
             next,
             "SELECT \"tenant\", \"id\", \"note\" FROM \"public\".\"t\" WHERE (\"tenant\", \"id\") > \
-             (E'o''hara'::text, E'7'::integer) AND (\nnote <> 'x' -- comment\n) \
-             ORDER BY \"tenant\", \"id\" LIMIT 10"
+             (E'o''hara'::text, E'7'::integer) AND (\"tenant\", \"id\") <= (E'z'::text, E'1'::integer) \
+             AND (\nnote <> 'x' -- comment\n) ORDER BY \"tenant\", \"id\" LIMIT 10"
         );
     }
 }

@@ -128,6 +128,8 @@ struct JobState {
     condition: Option<String>,
     started: bool,
     rows_total: Option<i64>,
+    /// The key of the table's last row when the backfill started: the last chunk ends there.
+    end_key: Option<Vec<String>>,
     /// Where the next chunk starts, and the rows read up to there.
     read_key: Option<Vec<String>>,
     read_rows: u64,
@@ -149,6 +151,7 @@ async fn work(context: Arc<Context>, job: Job) {
         condition: job.condition.clone(),
         started: job.state == "running",
         rows_total: job.rows_total,
+        end_key: job.end_key.clone(),
         read_key: job.last_key.clone(),
         read_rows: rows_done,
         acked_key: job.last_key,
@@ -230,15 +233,6 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     if let Some(condition) = &condition {
         validate_condition(&sql, &quoted, condition).await?;
     }
-    if !state.started {
-        let total = estimate(&sql, &quoted, condition.as_deref()).await?;
-        control::start(&sql, state.id, total).await?;
-        state.started = true;
-        state.rows_total = total;
-        context.backfills.set_progress(state.id, |p| {
-            p.rows_total = total.and_then(|t| u64::try_from(t).ok());
-        });
-    }
     let chunk_size = context.config.producer.backfill_chunk_size;
     let limit = match context.config.producer.backfill_max_rows_per_second {
         Some(rate) => chunk_size.min(rate),
@@ -249,6 +243,26 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     let published = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "published");
     let discarded = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "discarded");
     let remaining = metrics::gauge!(names::PRODUCER_BACKFILL_REMAINING_ROWS, &labels);
+    if !state.started || state.end_key.is_none() {
+        let total = match state.started {
+            true => state.rows_total,
+            false => estimate(&sql, &quoted, condition.as_deref()).await?,
+        };
+        let end = last_key(&sql, &quoted, &key_columns, condition.as_deref()).await?;
+        control::start(&sql, state.id, total, end.as_deref()).await?;
+        state.started = true;
+        state.rows_total = total;
+        context.backfills.set_progress(state.id, |p| {
+            p.rows_total = total.and_then(|t| u64::try_from(t).ok());
+        });
+        let Some(end) = end else {
+            // Nothing to read: rows inserted from now on come through the stream.
+            control::finish(&sql, state.id, None, 0).await?;
+            remaining.set(0.0);
+            return Ok(());
+        };
+        state.end_key = Some(end);
+    }
     let mut types: HashMap<u32, (String, TypeKind)> = HashMap::new();
     let mut shape: Option<Arc<Shape>> = None;
     let mut long_running: HashSet<u64> = HashSet::new();
@@ -293,6 +307,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             shape,
             &key_columns,
             state.read_key.as_deref(),
+            state.end_key.as_deref(),
             condition.as_deref(),
             limit,
         );
@@ -525,6 +540,42 @@ pub async fn estimate(
     Ok(plan
         .and_then(|p| p[0]["Plan"]["Plan Rows"].as_f64())
         .map(|rows| rows.round() as i64))
+}
+
+/// The key values (text forms) of the table's last row in key order among those matching
+/// `condition`, or `None` when there is none.
+///
+/// A backfill reads no further than this: a row with a greater key was inserted after this
+/// query, so its INSERT comes through the stream. Without the bound, a backfill of a table that
+/// keeps receiving rows at the end of its key order would chase them and never finish.
+async fn last_key(
+    sql: &Client,
+    quoted: &str,
+    key_columns: &[String],
+    condition: Option<&str>,
+) -> Result<Option<Vec<String>>, Error> {
+    let keys: Vec<String> = key_columns
+        .iter()
+        .map(|c| catalog::quote_ident(c))
+        .collect();
+    let descending: Vec<String> = keys.iter().map(|k| format!("{k} DESC")).collect();
+    let filter = condition.map_or(String::new(), |c| format!(" WHERE (\n{c}\n)"));
+    let messages = sql
+        .simple_query(&format!(
+            "SELECT {} FROM {quoted}{filter} ORDER BY {} LIMIT 1",
+            keys.join(", "),
+            descending.join(", ")
+        ))
+        .await
+        .map_err(|e| Error::postgres("reading the last key to backfill", e))?;
+    Ok(messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(
+            (0..keys.len())
+                .map(|i| row.get(i).unwrap_or_default().to_owned())
+                .collect(),
+        ),
+        _ => None,
+    }))
 }
 
 /// Rows per second for all backfills together.
