@@ -6,6 +6,7 @@ pub mod config;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// Exit code for a configuration error, before anything was connected to.
 pub const EXIT_CONFIG: i32 = 2;

@@ -65,6 +65,7 @@ pub async fn run(
             topic: topic.to_string(),
             tracker: tracker.clone(),
             stats: stats.clone(),
+            idle: Mutex::default(),
         })
         .map_err(Error::kafka("creating the group consumer"))?;
     consumer

@@ -10,6 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sluice_common::config::{PostgresConfig, redact_url};
+use sluice_common::tls::IgnoreHostname;
 use tokio_postgres::Client;
 
 use crate::error::Error;
@@ -216,25 +217,9 @@ impl PgTarget {
             .ca_file
             .as_ref()
             .ok_or_else(|| Error::Tls("postgres.ca_file is not set".to_owned()))?;
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::Tls(format!(
-                "cannot read postgres.ca_file {}: {e}",
-                path.display()
-            ))
-        })?;
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-        }
-        if roots.is_empty() {
-            return Err(Error::Tls(format!(
-                "{} holds no PEM certificate",
-                path.display()
-            )));
-        }
+        sluice_common::tls::add_pem_roots(&mut roots, path, "postgres.ca_file")
+            .map_err(Error::Tls)?;
         Ok(roots)
     }
 }
@@ -370,51 +355,6 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must lead to the CA, whatever name the certificate carries.
-#[derive(Debug)]
-struct IgnoreHostname(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for IgnoreHostname {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 

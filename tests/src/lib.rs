@@ -28,10 +28,21 @@ pub struct Endpoints {
     pub postgres_bindir: Option<String>,
     pub kafka_brokers: String,
     /// OpenSearch and Elasticsearch are optional for tests that do not index (the producer's).
+    /// Which instance of each the tests use is chosen by `SLUICE_TEST_ELASTICSEARCH_INSTANCE`
+    /// and `SLUICE_TEST_OPENSEARCH_INSTANCE` (see [`Endpoints::from_env`]).
     pub opensearch_url: Option<String>,
+    /// Basic credentials of OpenSearch, when it runs with its security plugin.
+    pub opensearch_user: Option<(String, String)>,
+    /// PEM file of the CA that signed OpenSearch's certificate (HTTPS instances).
+    pub opensearch_ca: Option<String>,
     pub elasticsearch_url: Option<String>,
     /// The `encoded` value of an API key allowed to manage every index.
     pub elasticsearch_api_key: Option<String>,
+    /// PEM file of the CA that signed Elasticsearch's certificate (HTTPS instances).
+    pub elasticsearch_ca: Option<String>,
+    /// The instances chosen (`elasticsearch`, `elasticsearch8`, `opensearch`, `opensearch3`).
+    pub elasticsearch_instance: String,
+    pub opensearch_instance: String,
 }
 
 impl Endpoints {
@@ -45,14 +56,43 @@ impl Endpoints {
                 )
             })
         };
+        // The same tests run against each instance of a kind: `elasticsearch8` reads
+        // SLUICE_TEST_ELASTICSEARCH8_URL, …; an instance asked for must be running.
+        let instance = |kind: &str| {
+            std::env::var(format!("SLUICE_TEST_{}_INSTANCE", kind.to_uppercase()))
+                .unwrap_or_else(|_| kind.to_owned())
+        };
+        let elasticsearch = instance("elasticsearch");
+        let opensearch = instance("opensearch");
+        let of = |instance: &str, what: &str| -> anyhow::Result<Option<String>> {
+            let name = format!("SLUICE_TEST_{}_{what}", instance.to_uppercase());
+            match std::env::var(&name) {
+                Ok(value) => Ok(Some(value)),
+                Err(_) if what == "URL" && !matches!(instance, "elasticsearch" | "opensearch") => {
+                    bail!(
+                        "{name} is not set but the tests were asked to use {instance}: start it \
+                         with `eval \"$(deploy/local/up.sh {instance})\"`"
+                    )
+                }
+                Err(_) => Ok(None),
+            }
+        };
         Ok(Self {
             postgres_url: var("SLUICE_TEST_PG_URL")?,
             postgres_ca: std::env::var("SLUICE_TEST_PG_CA").ok(),
             postgres_bindir: std::env::var("SLUICE_TEST_PG_BINDIR").ok(),
             kafka_brokers: var("SLUICE_TEST_KAFKA_BROKERS")?,
-            opensearch_url: std::env::var("SLUICE_TEST_OPENSEARCH_URL").ok(),
-            elasticsearch_url: std::env::var("SLUICE_TEST_ELASTICSEARCH_URL").ok(),
-            elasticsearch_api_key: std::env::var("SLUICE_TEST_ELASTICSEARCH_API_KEY").ok(),
+            opensearch_url: of(&opensearch, "URL")?,
+            opensearch_user: match (of(&opensearch, "USER")?, of(&opensearch, "PASSWORD")?) {
+                (Some(user), Some(password)) => Some((user, password)),
+                _ => None,
+            },
+            opensearch_ca: of(&opensearch, "CA")?,
+            elasticsearch_url: of(&elasticsearch, "URL")?,
+            elasticsearch_api_key: of(&elasticsearch, "API_KEY")?,
+            elasticsearch_ca: of(&elasticsearch, "CA")?,
+            elasticsearch_instance: elasticsearch,
+            opensearch_instance: opensearch,
         })
     }
 
@@ -170,7 +210,13 @@ impl TestContext {
                 "SLUICE_TEST_ELASTICSEARCH_URL/_API_KEY are not set: start it with deploy/local/up.sh"
             );
         };
-        (elasticsearch_client(key), url.clone())
+        (
+            cluster_client(
+                Some(&format!("ApiKey {key}")),
+                endpoints.elasticsearch_ca.as_deref(),
+            ),
+            url.clone(),
+        )
     }
 
     /// An HTTP client for OpenSearch and the base URL. Panics when OpenSearch is not configured.
@@ -178,7 +224,7 @@ impl TestContext {
         let Some(url) = &self.endpoints.opensearch_url else {
             panic!("SLUICE_TEST_OPENSEARCH_URL is not set: start it with deploy/local/up.sh");
         };
-        (reqwest::Client::new(), url.clone())
+        (opensearch_client(&self.endpoints), url.clone())
     }
 
     /// Removes everything this test made. Also runs (best effort) when the context is dropped,
@@ -268,10 +314,16 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
         &endpoints.elasticsearch_url,
         &endpoints.elasticsearch_api_key,
     ) {
-        clusters.push((elasticsearch_client(key), url.clone()));
+        clusters.push((
+            cluster_client(
+                Some(&format!("ApiKey {key}")),
+                endpoints.elasticsearch_ca.as_deref(),
+            ),
+            url.clone(),
+        ));
     }
     if let Some(url) = &endpoints.opensearch_url {
-        clusters.push((reqwest::Client::new(), url.clone()));
+        clusters.push((opensearch_client(endpoints), url.clone()));
     }
     for (client, base) in clusters {
         // Index templates the test's sinks installed (`sluice-{sink}`).
@@ -334,15 +386,29 @@ async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn elasticsearch_client(api_key: &str) -> reqwest::Client {
+/// A client that sends `authorization` with every request and trusts the CA in `ca_file`.
+fn cluster_client(authorization: Option<&str>, ca_file: Option<&str>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(value) = format!("ApiKey {api_key}").parse() {
+    if let Some(value) = authorization.and_then(|v| v.parse().ok()) {
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap_or_default()
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(certificate) = ca_file
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
+    {
+        builder = builder.tls_certs_merge([certificate]);
+    }
+    builder.build().unwrap_or_default()
+}
+
+fn opensearch_client(endpoints: &Endpoints) -> reqwest::Client {
+    use base64::Engine as _;
+    let authorization = endpoints.opensearch_user.as_ref().map(|(user, password)| {
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {pair}")
+    });
+    cluster_client(authorization.as_deref(), endpoints.opensearch_ca.as_deref())
 }
 
 /// Connects with tokio-postgres, driving the connection on a task.

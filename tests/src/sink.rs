@@ -15,9 +15,11 @@ use crate::TestContext;
 /// Which cluster a sink writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cluster {
-    /// Elasticsearch 9 with the test API key.
+    /// Elasticsearch with the test API key: 9.2, or the instance `SLUICE_TEST_ELASTICSEARCH_INSTANCE`
+    /// names (`elasticsearch8`: 8.19 over HTTPS).
     Elasticsearch,
-    /// OpenSearch 2 without auth.
+    /// OpenSearch: 2.19 without auth, or the instance `SLUICE_TEST_OPENSEARCH_INSTANCE` names
+    /// (`opensearch3`).
     OpenSearch,
 }
 
@@ -51,21 +53,33 @@ impl TestContext {
         fields: &str,
         es_fields: &str,
     ) -> String {
-        let (endpoint, auth) = match cluster {
+        let endpoints = &self.endpoints;
+        let (endpoint, auth, ca) = match cluster {
             Cluster::Elasticsearch => (
-                self.endpoints.elasticsearch_url.clone().unwrap_or_default(),
+                endpoints.elasticsearch_url.clone().unwrap_or_default(),
                 format!(
                     "      auth: {{ type: api_key, value: \"{}\" }}\n",
-                    self.endpoints
-                        .elasticsearch_api_key
-                        .clone()
-                        .unwrap_or_default()
+                    endpoints.elasticsearch_api_key.clone().unwrap_or_default()
                 ),
+                endpoints.elasticsearch_ca.as_deref(),
             ),
             Cluster::OpenSearch => (
-                self.endpoints.opensearch_url.clone().unwrap_or_default(),
-                String::new(),
+                endpoints.opensearch_url.clone().unwrap_or_default(),
+                endpoints
+                    .opensearch_user
+                    .as_ref()
+                    .map(|(user, password)| {
+                        format!(
+                            "      auth: {{ type: basic, username: \"{user}\", password: \"{password}\" }}\n"
+                        )
+                    })
+                    .unwrap_or_default(),
+                endpoints.opensearch_ca.as_deref(),
             ),
+        };
+        let auth = match ca {
+            Some(ca) => format!("{auth}      ca_file: {ca}\n"),
+            None => auth,
         };
         format!(
             "  - name: {group}.{name}\n    table: {table}\n{fields}    elasticsearch:\n      endpoint: {endpoint}\n      index: {index}\n{auth}      linger: 50ms\n      retry_initial_backoff: 100ms\n      retry_max_backoff: 2s\n{es_fields}",

@@ -296,6 +296,10 @@ pub struct ElasticsearchConfig {
     /// CA certificate (PEM) to verify the cluster's TLS certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Whether the cluster's certificate must name the endpoint's host. `false` still checks
+    /// that it is signed by a trusted CA (and warns once).
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
     /// Documents per bulk request (1 to 10,000).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,

@@ -404,6 +404,20 @@ fn a_missing_ca_file_is_rejected() {
 }
 
 #[test]
+fn an_unchecked_host_name_needs_a_ca_file() {
+    let p = problem_after(
+        "      batch_size: 500\n",
+        "      batch_size: 500\n      verify_hostname: false\n",
+    );
+    assert_problem(
+        &p,
+        "sinks[0].elasticsearch.verify_hostname",
+        "any public certificate would be accepted",
+        "set elasticsearch.ca_file",
+    );
+}
+
+#[test]
 fn a_bad_log_level_is_rejected() {
     let text = format!("{GOOD}telemetry:\n  log_level: \"sluice=loud\"\n");
     let problems = parse(&text).unwrap_err().problems();

@@ -436,6 +436,15 @@ fn validate_elasticsearch(
         ));
     }
     check_file(p, &at("ca_file"), es.ca_file.as_deref());
+    if !es.verify_hostname && es.ca_file.is_none() {
+        p.push(Problem::new(
+            at("verify_hostname"),
+            "false needs the CA the cluster's certificate is checked against: with the public \
+             CAs, any public certificate would be accepted",
+            "set elasticsearch.ca_file to the PEM file of the CA that signed the cluster's \
+             certificate, or remove verify_hostname",
+        ));
+    }
     for (field, source) in [("settings", &es.settings), ("mappings", &es.mappings)] {
         if let Some(JsonSource::File { file }) = source {
             check_file(p, &format!("{}.file", at(field)), Some(file));

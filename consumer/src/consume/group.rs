@@ -63,7 +63,12 @@ pub struct SinkContext {
     pub topic: String,
     pub tracker: Arc<Mutex<Tracker>>,
     pub stats: Arc<SinkStats>,
+    /// Since when each assigned partition has not been fetching, and whether that was logged.
+    pub idle: Mutex<BTreeMap<i32, (std::time::Instant, bool)>>,
 }
+
+/// An assigned partition not fetching for this long is logged with librdkafka's state of it.
+const FETCH_STALL: Duration = Duration::from_secs(30);
 
 impl ClientContext for SinkContext {
     fn stats(&self, statistics: Statistics) {
@@ -77,6 +82,29 @@ impl ClientContext for SinkContext {
             .map(|p| (p.partition, p.consumer_lag))
             .collect();
         self.stats.set_lag(lag);
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+            if !p.desired || p.fetch_state == "active" {
+                idle.remove(&p.partition);
+                continue;
+            }
+            let (since, logged) = idle.entry(p.partition).or_insert((now, false));
+            if !*logged && now.duration_since(*since) >= FETCH_STALL {
+                *logged = true;
+                tracing::warn!(
+                    sink = %self.stats.sink,
+                    partition = p.partition,
+                    fetch_state = %p.fetch_state,
+                    leader = p.leader,
+                    next_offset = p.next_offset,
+                    hi_offset = p.hi_offset,
+                    "an assigned partition has not been fetching for {FETCH_STALL:?}"
+                );
+            }
+        }
     }
 }
 

@@ -209,9 +209,17 @@ impl Client {
                     path.display()
                 )));
             }
-            // Added to the system's roots rather than replacing them (as curl --cacert does), so
-            // a publicly signed proxy in front of the cluster keeps working too.
-            builder = builder.tls_certs_merge(certificates);
+            if config.verify_hostname {
+                // Added to the system's roots rather than replacing them (as curl --cacert does),
+                // so a publicly signed proxy in front of the cluster keeps working too.
+                builder = builder.tls_certs_merge(certificates);
+            } else {
+                // Only the given CA: with any public CA, any public certificate would do.
+                builder = builder
+                    .tls_certs_only(certificates)
+                    .tls_danger_accept_invalid_hostnames(true);
+                warn_unchecked_hostname(&endpoint);
+            }
         }
         let http = builder.build().map_err(|error| {
             ElasticError::config(format!(
@@ -317,6 +325,23 @@ fn sensitive_header(
     Ok(header)
 }
 
+/// Warns, once per endpoint in this process, that its certificate's names are not checked.
+fn warn_unchecked_hostname(endpoint: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = match WARNED.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if !warned.iter().any(|e| e == endpoint) {
+        warned.push(endpoint.to_owned());
+        tracing::warn!(
+            endpoint,
+            "elasticsearch.verify_hostname is false: the cluster's certificate must be signed by \
+             elasticsearch.ca_file, but the host name it names is not checked"
+        );
+    }
+}
+
 /// `METHOD url` without the query or a password.
 fn describe(method: &Method, url: &Url) -> String {
     let mut url = url.clone();
@@ -328,6 +353,15 @@ fn transport_error(what: &str, error: &reqwest::Error) -> ElasticError {
     let chain = error_chain(error);
     if error.is_builder() {
         return ElasticError::config(format!("{what}: invalid request: {chain}"));
+    }
+    // Retrying cannot make a refused certificate acceptable: stop, with the fix.
+    if let Some(problem) = sluice_common::tls::certificate_problem(
+        error,
+        "elasticsearch.ca_file",
+        "set elasticsearch.verify_hostname: false (the certificate must still be signed by \
+         elasticsearch.ca_file)",
+    ) {
+        return ElasticError::config(format!("{what}: {problem}"));
     }
     let failure = if error.is_timeout() {
         "timed out (raise `request_timeout` if the cluster is only slow)"

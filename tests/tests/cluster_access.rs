@@ -1,0 +1,226 @@
+//! How the consumer reaches a cluster, for real: every auth type (none, basic, `api_key`,
+//! bearer) is accepted by a cluster that takes it, and a wrong credential of each kind stops
+//! `run` at start with exit 1 and the fix; over HTTPS (Elasticsearch 8.19 with a certificate of
+//! the throwaway test CA) the CA file makes it work, no CA file or a host name the certificate
+//! does not carry stop `run` at start with the certificate problem and the fix (not an endless
+//! retry), and `verify_hostname: false` accepts the host name with one warning.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::{Process, TestContext};
+
+/// A consumer that exits by itself does so within this (the retry of a transient failure would
+/// not).
+const EXIT_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs `sluice-consumer <args>` with one sink on `endpoint` whose `elasticsearch:` section gets
+/// `es_fields` (auth, ca_file, …); returns its exit code and output.
+async fn consumer(
+    context: &TestContext,
+    endpoint: &str,
+    es_fields: &str,
+    args: &[&str],
+    log: &str,
+) -> (Option<i32>, String) {
+    let sink = format!(
+        "  - name: {group}.access\n    table: public.items\n    elasticsearch:\n      endpoint: {endpoint}\n      index: {index}\n      retry_initial_backoff: 100ms\n      retry_max_backoff: 1s\n{es_fields}",
+        group = context.group,
+        index = context.index("access"),
+    );
+    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
+    let path = context.write_config(&yaml).unwrap();
+    let mut full = vec!["--config", path.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let mut process = Process::start("sluice-consumer", &full, path.with_file_name(log)).unwrap();
+    let code = process.wait(EXIT_WITHIN).await.unwrap();
+    (code, process.output())
+}
+
+/// `check` passes with these settings: the cluster accepted the credentials.
+async fn accepted(context: &TestContext, endpoint: &str, es_fields: &str, what: &str) {
+    let (code, output) = consumer(context, endpoint, es_fields, &["check"], what).await;
+    assert_eq!(code, Some(0), "{what}: {output}");
+    assert!(output.contains("credentials accepted"), "{what}: {output}");
+}
+
+/// `run` stops at start with exit 1, saying `problem` and `fix`, and prints the error once.
+async fn refused(
+    context: &TestContext,
+    endpoint: &str,
+    es_fields: &str,
+    what: &str,
+    problem: &str,
+    fix: &str,
+) {
+    let (code, output) = consumer(context, endpoint, es_fields, &["run"], what).await;
+    assert_eq!(code, Some(1), "{what}: exits 1 by itself: {output}");
+    assert!(
+        output.contains(problem),
+        "{what}: says `{problem}`: {output}"
+    );
+    assert!(output.contains(fix), "{what}: says `{fix}`: {output}");
+    let last = output.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(problem),
+        "{what}: the last line is the error: {output}"
+    );
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the clusters with deploy/local/up.sh (see docs/development.md)")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn none_basic_and_api_key_are_accepted_and_wrong_credentials_stop_run() {
+    let context = TestContext::new("access_auth").await.unwrap();
+    let es = env("SLUICE_TEST_ELASTICSEARCH_URL");
+    let key = env("SLUICE_TEST_ELASTICSEARCH_API_KEY");
+    let user = env("SLUICE_TEST_ELASTICSEARCH_USER");
+    let password = env("SLUICE_TEST_ELASTICSEARCH_PASSWORD");
+    let os = env("SLUICE_TEST_OPENSEARCH_URL");
+
+    accepted(&context, &os, "", "none").await;
+    accepted(
+        &context,
+        &es,
+        &format!("      auth: {{ type: basic, username: {user}, password: \"{password}\" }}\n"),
+        "basic",
+    )
+    .await;
+    accepted(
+        &context,
+        &es,
+        &format!("      auth: {{ type: api_key, value: \"{key}\" }}\n"),
+        "api_key",
+    )
+    .await;
+
+    refused(
+        &context,
+        &es,
+        "",
+        "no auth on a secured cluster",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    refused(
+        &context,
+        &es,
+        &format!(
+            "      auth: {{ type: basic, username: {user}, password: \"wrong-{password}\" }}\n"
+        ),
+        "wrong password",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    refused(
+        &context,
+        &es,
+        "      auth: { type: api_key, value: \"bm90LWEta2V5Om5vdC1hLXNlY3JldA==\" }\n",
+        "wrong api key",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    context.cleanup().await.unwrap();
+}
+
+/// A bearer token from Elasticsearch's token service (`POST /_security/oauth2/token`).
+async fn bearer_token(url: &str, ca: &str, user: &str, password: &str) -> String {
+    let certificate = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_merge([certificate])
+        .build()
+        .unwrap();
+    let answer: Value = client
+        .post(format!("{url}/_security/oauth2/token"))
+        .basic_auth(user, Some(password))
+        .json(
+            &serde_json::json!({"grant_type": "password", "username": user, "password": password}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_tokens_work() {
+    let context = TestContext::new("access_tls").await.unwrap();
+    let url = env("SLUICE_TEST_ELASTICSEARCH8_URL");
+    let ca = env("SLUICE_TEST_ELASTICSEARCH8_CA");
+    let key = env("SLUICE_TEST_ELASTICSEARCH8_API_KEY");
+    let user = env("SLUICE_TEST_ELASTICSEARCH8_USER");
+    let password = env("SLUICE_TEST_ELASTICSEARCH8_PASSWORD");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let api_key = format!("      auth: {{ type: api_key, value: \"{key}\" }}\n");
+    let with_ca = format!("{api_key}      ca_file: {ca}\n");
+
+    accepted(&context, &url, &with_ca, "https with the CA file").await;
+    refused(
+        &context,
+        &url,
+        &api_key,
+        "https without the CA file",
+        "not signed by a trusted CA",
+        "set elasticsearch.ca_file",
+    )
+    .await;
+
+    // The certificate names 127.0.0.1 (and a name of its own), not localhost.
+    let localhost = url.replace("127.0.0.1", "localhost");
+    refused(
+        &context,
+        &localhost,
+        &with_ca,
+        "a host name the certificate lacks",
+        "not valid for this host name",
+        "verify_hostname: false",
+    )
+    .await;
+    let (code, output) = consumer(
+        &context,
+        &localhost,
+        &format!("{with_ca}      verify_hostname: false\n"),
+        &["check"],
+        "verify_hostname-false",
+    )
+    .await;
+    assert_eq!(code, Some(0), "verify_hostname: false: {output}");
+    assert_eq!(
+        output.matches("verify_hostname is false").count(),
+        1,
+        "one warning: {output}"
+    );
+
+    let token = bearer_token(&url, &ca, &user, &password).await;
+    accepted(
+        &context,
+        &url,
+        &format!("      auth: {{ type: bearer, token: \"{token}\" }}\n      ca_file: {ca}\n"),
+        "bearer",
+    )
+    .await;
+    refused(
+        &context,
+        &url,
+        &format!("      auth: {{ type: bearer, token: \"not-{token}\" }}\n      ca_file: {ca}\n"),
+        "wrong bearer token",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    context.cleanup().await.unwrap();
+}
