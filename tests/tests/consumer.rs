@@ -1,6 +1,9 @@
 //! sluice-consumer end to end: Postgres → sluice-producer → Kafka → sluice-consumer →
-//! Elasticsearch 9 (API key) and OpenSearch 2, checked the way a user would: the documents in
-//! the index, their versions, the committed offsets, the dead-letter topic.
+//! Elasticsearch and OpenSearch, checked the way a user would: the documents in the index, their
+//! versions, the committed offsets, the dead-letter topic. The suite's core runs on both kinds
+//! of cluster ([`on_each_cluster`]); the test command runs it once with Elasticsearch 9.2 and
+//! OpenSearch 2.19 and once with Elasticsearch 8.19 (HTTPS) and OpenSearch 3.3
+//! (`SLUICE_TEST_ELASTICSEARCH_INSTANCE=elasticsearch8 SLUICE_TEST_OPENSEARCH_INSTANCE=opensearch3`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
@@ -161,21 +164,38 @@ async fn products_example(cluster: Cluster, test: &str) {
     context.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn products_example_on_elasticsearch() {
-    products_example(Cluster::Elasticsearch, "products_es").await;
+/// Runs a test of the suite on both kinds of cluster, as `NAME::elasticsearch` and
+/// `NAME::opensearch` (which instance of each: `SLUICE_TEST_*_INSTANCE`, see tests/src/lib.rs).
+macro_rules! on_each_cluster {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn elasticsearch() {
+                super::$name(Cluster::Elasticsearch, concat!(stringify!($name), "_es")).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn opensearch() {
+                super::$name(Cluster::OpenSearch, concat!(stringify!($name), "_os")).await;
+            }
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn products_example_on_opensearch() {
-    products_example(Cluster::OpenSearch, "products_os").await;
-}
+on_each_cluster!(
+    products_example,
+    mapping_conflict,
+    toasted_update,
+    truncate,
+    per_tenant_indices,
+);
 
 /// A row whose document the mapping refuses goes to the dead-letter topic with Elasticsearch's
 /// reason; every other row is indexed and the offsets move past it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_mapping_conflict_dead_letters_one_event_and_the_rest_is_indexed() {
-    let context = TestContext::new("mapping_conflict").await.unwrap();
+async fn mapping_conflict(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text)")
         .await
@@ -183,7 +203,7 @@ async fn a_mapping_conflict_dead_letters_one_event_and_the_rest_is_indexed() {
     let sink = context.sink_yaml(
         "items",
         "public.items",
-        Cluster::Elasticsearch,
+        cluster,
         "items",
         "",
         "      mappings: { properties: { code: { type: long } } }\n",
@@ -202,7 +222,7 @@ async fn a_mapping_conflict_dead_letters_one_event_and_the_rest_is_indexed() {
             )
         })
         .collect();
-    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    wait_for_documents(&context, cluster, "items", &expected).await;
     // One update the mapping refuses, between two it accepts.
     db.batch_execute(
         "UPDATE items SET code = '1' WHERE id = 16;
@@ -214,7 +234,7 @@ async fn a_mapping_conflict_dead_letters_one_event_and_the_rest_is_indexed() {
     let mut expected = expected;
     expected.insert("16".to_owned(), json!({"id": 16, "code": "1"}));
     expected.insert("18".to_owned(), json!({"id": 18, "code": "3"}));
-    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    wait_for_documents(&context, cluster, "items", &expected).await;
     let topic = context.topic("public.items");
     context
         .wait_committed_to_end(&context.sink_name("items"), &topic, WAIT)
@@ -378,9 +398,8 @@ async fn a_wrong_api_key_stops_the_consumer_and_commits_nothing() {
 /// An update that leaves a TOASTed column out (no REPLICA IDENTITY FULL) keeps the indexed
 /// value of that column: never a placeholder, never a hole. Without an indexed document to
 /// complete, the event is dead-lettered with the fix.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
-    let context = TestContext::new("consumer_toast").await.unwrap();
+async fn toasted_update(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
         .await
@@ -398,12 +417,12 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
     db.execute("INSERT INTO docs VALUES (2, 'old', $1)", &[&body])
         .await
         .unwrap();
-    let sink = context.sink_yaml("docs", "public.docs", Cluster::OpenSearch, "docs", "", "");
+    let sink = context.sink_yaml("docs", "public.docs", cluster, "docs", "", "");
     // A transform that derives a field from the TOASTed column.
     let previews = context.sink_yaml(
         "previews",
         "public.docs",
-        Cluster::OpenSearch,
+        cluster,
         "previews",
         "    transform: |\n      { \"title\": .record.title, \"preview\": slice(string(.record.body) ?? \"\", 0, 8) ?? \"\" }\n",
         "",
@@ -424,7 +443,7 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
         json!({"id": 1, "title": "first", "body": body}),
     )]
     .into();
-    wait_for_documents(&context, Cluster::OpenSearch, "docs", &first).await;
+    wait_for_documents(&context, cluster, "docs", &first).await;
 
     db.batch_execute(
         "UPDATE docs SET title = 'second' WHERE id = 1;
@@ -437,7 +456,7 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
         json!({"id": 1, "title": "second", "body": body}),
     )]
     .into();
-    let docs = wait_for_documents(&context, Cluster::OpenSearch, "docs", &second).await;
+    let docs = wait_for_documents(&context, cluster, "docs", &second).await;
     let topic = context.topic("public.docs");
     let update = context
         .read_topic(&topic)
@@ -461,7 +480,7 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
         json!({"title": "second", "preview": body[..8]}),
     )]
     .into();
-    wait_for_documents(&context, Cluster::OpenSearch, "previews", &previews).await;
+    wait_for_documents(&context, cluster, "previews", &previews).await;
 
     context
         .wait_committed_to_end(&context.sink_name("docs"), &topic, WAIT)
@@ -484,21 +503,13 @@ async fn an_update_without_its_toasted_column_keeps_the_indexed_value() {
 }
 
 /// TRUNCATE deletes every document written before it; rows written after it survive.
-#[tokio::test(flavor = "multi_thread")]
-async fn truncate_removes_the_documents_written_before_it() {
-    let context = TestContext::new("consumer_truncate").await.unwrap();
+async fn truncate(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::Elasticsearch,
-        "items",
-        "",
-        "",
-    );
+    let sink = context.sink_yaml("items", "public.items", cluster, "items", "", "");
     let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
     let pipeline = context
         .start_pipeline(context.config(&yaml).unwrap())
@@ -508,7 +519,7 @@ async fn truncate_removes_the_documents_written_before_it() {
         .await
         .unwrap();
     eventually(WAIT, "100 documents", || async {
-        let docs = context.documents(Cluster::Elasticsearch, "items").await?;
+        let docs = context.documents(cluster, "items").await?;
         Ok((docs.len() == 100).then_some(()))
     })
     .await
@@ -520,7 +531,7 @@ async fn truncate_removes_the_documents_written_before_it() {
     let expected: BTreeMap<String, serde_json::Value> = (101..=110)
         .map(|i| (i.to_string(), json!({"id": i, "v": i})))
         .collect();
-    wait_for_documents(&context, Cluster::Elasticsearch, "items", &expected).await;
+    wait_for_documents(&context, cluster, "items", &expected).await;
     context
         .wait_committed_to_end(
             &context.sink_name("items"),
@@ -535,9 +546,8 @@ async fn truncate_removes_the_documents_written_before_it() {
 
 /// A per-tenant index template (with mappings installed as an index template) and a second
 /// sink of the same table keyed by another column, in one process.
-#[tokio::test(flavor = "multi_thread")]
-async fn per_tenant_indices_and_id_columns() {
-    let context = TestContext::new("tenants").await.unwrap();
+async fn per_tenant_indices(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute(
         "CREATE TABLE orders (tenant text, id int, sku text NOT NULL, PRIMARY KEY (tenant, id))",
@@ -547,7 +557,7 @@ async fn per_tenant_indices_and_id_columns() {
     let by_tenant = context.sink_yaml(
         "by-tenant",
         "public.orders",
-        Cluster::Elasticsearch,
+        cluster,
         "orders-{{ record.tenant }}",
         "",
         "      mappings: { properties: { sku: { type: keyword } } }\n",
@@ -555,7 +565,7 @@ async fn per_tenant_indices_and_id_columns() {
     let by_sku = context.sink_yaml(
         "by-sku",
         "public.orders",
-        Cluster::Elasticsearch,
+        cluster,
         "skus",
         "    id_columns: [sku]\n",
         "",
@@ -580,16 +590,16 @@ async fn per_tenant_indices_and_id_columns() {
     .into_iter()
     .map(|(id, doc)| (id.to_owned(), doc))
     .collect();
-    wait_for_documents(&context, Cluster::Elasticsearch, "orders-acme", &acme).await;
+    wait_for_documents(&context, cluster, "orders-acme", &acme).await;
     let globex: BTreeMap<String, serde_json::Value> = [(
         "globex:1".to_owned(),
         json!({"tenant": "globex", "id": 1, "sku": "G-1"}),
     )]
     .into();
-    wait_for_documents(&context, Cluster::Elasticsearch, "orders-globex", &globex).await;
+    wait_for_documents(&context, cluster, "orders-globex", &globex).await;
     let skus: Vec<String> = wait_for_documents(
         &context,
-        Cluster::Elasticsearch,
+        cluster,
         "skus",
         &[("A-1", "Acme", 1), ("A:2", "Acme", 2), ("G-1", "globex", 1)]
             .into_iter()
@@ -606,7 +616,7 @@ async fn per_tenant_indices_and_id_columns() {
     .collect();
     assert_eq!(skus, ["A-1", "A:2", "G-1"]);
     // The template's mappings applied to the indices it created.
-    let (client, base) = context.cluster(Cluster::Elasticsearch);
+    let (client, base) = context.cluster(cluster);
     let mapping: serde_json::Value = client
         .get(format!("{base}/{}/_mapping", context.index("orders-acme")))
         .send()
