@@ -87,6 +87,7 @@ pub struct Health {
 impl Health {
     /// Starts not ready ("starting").
     pub fn new() -> Self {
+        metrics::gauge!(names::READY).set(0.0);
         Self {
             unready: Arc::new(Mutex::new(Some("starting".to_owned()))),
         }
@@ -96,12 +97,14 @@ impl Health {
         if let Ok(mut state) = self.unready.lock() {
             *state = None;
         }
+        metrics::gauge!(names::READY).set(1.0);
     }
 
     pub fn set_unready(&self, reason: impl Into<String>) {
         if let Ok(mut state) = self.unready.lock() {
             *state = Some(reason.into());
         }
+        metrics::gauge!(names::READY).set(0.0);
     }
 
     /// `None` when ready, else why not.

@@ -61,6 +61,7 @@ struct Handles {
     retries: metrics::Counter,
     bulk_seconds: metrics::Histogram,
     commit_to_indexed: metrics::Histogram,
+    last_bulk_success: metrics::Gauge,
 }
 
 impl std::fmt::Debug for Handles {
@@ -102,8 +103,10 @@ impl SinkStats {
             }),
             retries: metrics::counter!(names::CONSUMER_RETRIES, "sink" => label.clone()),
             bulk_seconds: metrics::histogram!(names::CONSUMER_BULK_SECONDS, "sink" => label.clone()),
-            commit_to_indexed: metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => label),
+            commit_to_indexed: metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => label.clone()),
+            last_bulk_success: metrics::gauge!(names::CONSUMER_LAST_BULK_SUCCESS, "sink" => label),
         };
+        handles.last_bulk_success.set(0.0);
         Self {
             sink: sink.to_owned(),
             topic: topic.to_owned(),
@@ -136,7 +139,9 @@ impl SinkStats {
     }
 
     pub fn bulk_succeeded(&self, seconds: f64) {
-        self.last_success.store(now_micros(), Ordering::Relaxed);
+        let now = now_micros();
+        self.last_success.store(now, Ordering::Relaxed);
+        self.handles.last_bulk_success.set(now as f64 / 1e6);
         self.handles.bulk_seconds.record(seconds);
     }
 

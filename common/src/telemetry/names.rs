@@ -15,6 +15,10 @@ pub const PRODUCER_BACKFILL_CHUNKS: &str = "sluice_producer_backfill_chunks_tota
 pub const PRODUCER_BACKFILL_REMAINING_ROWS: &str = "sluice_producer_backfill_remaining_rows";
 pub const PRODUCER_BACKFILLS_RUNNING: &str = "sluice_producer_backfills_running";
 pub const PRODUCER_BACKFILL_ROWS_COMPLETED: &str = "sluice_producer_backfill_rows_completed_total";
+pub const PRODUCER_BACKFILLS_FAILED: &str = "sluice_producer_backfills_failed_total";
+
+// Both.
+pub const READY: &str = "sluice_ready";
 
 // Consumer.
 pub const CONSUMER_EVENTS: &str = "sluice_consumer_events_total";
@@ -22,6 +26,7 @@ pub const CONSUMER_RETRIES: &str = "sluice_consumer_retries_total";
 pub const CONSUMER_LAG: &str = "sluice_consumer_lag_messages";
 pub const CONSUMER_BULK_SECONDS: &str = "sluice_consumer_bulk_duration_seconds";
 pub const CONSUMER_END_TO_END_SECONDS: &str = "sluice_consumer_commit_to_indexed_seconds";
+pub const CONSUMER_LAST_BULK_SUCCESS: &str = "sluice_consumer_last_bulk_success_timestamp_seconds";
 
 /// Registers descriptions (shown as `# HELP` lines).
 pub fn describe() {
@@ -71,6 +76,19 @@ pub fn describe() {
     describe_gauge!(
         PRODUCER_BACKFILLS_RUNNING,
         "Backfills running in this producer"
+    );
+    describe_counter!(
+        PRODUCER_BACKFILLS_FAILED,
+        "Backfills that failed for good (their reason is in sluice.backfills), by table"
+    );
+    describe_gauge!(
+        READY,
+        "1 while /readyz answers 200 (streaming, or indexing), else 0"
+    );
+    describe_gauge!(
+        CONSUMER_LAST_BULK_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the sink's last successful bulk request (0: none yet), by sink"
     );
     describe_counter!(
         CONSUMER_EVENTS,

@@ -167,6 +167,8 @@ async fn work(context: Arc<Context>, job: Job) {
         job.rows_total.and_then(|t| u64::try_from(t).ok()),
     );
     tracing::info!(backfill = job.id, table = %job.table, condition = ?job.condition, resume_after = ?state.read_key, "backfill started");
+    // Exported from the start, so a first failure is an increase an alert can see.
+    metrics::counter!(names::PRODUCER_BACKFILLS_FAILED, "table" => job.table.clone()).increment(0);
     let attempt = |mut state: JobState| {
         let context = &context;
         async move {
@@ -195,6 +197,8 @@ async fn work(context: Arc<Context>, job: Job) {
         Err(Failure::GaveUp((state, error))) => {
             let reason = error.to_string();
             tracing::error!(backfill = state.id, table = %state.table, error = %reason, "backfill failed");
+            metrics::counter!(names::PRODUCER_BACKFILLS_FAILED, "table" => state.table.clone())
+                .increment(1);
             context.backfills.set_progress(state.id, |p| {
                 p.state = "failed";
                 p.error = Some(reason.clone());
