@@ -499,7 +499,7 @@ stop_unless_started() {
 
 cmd_env() {
   if ! ours "$ES_LAUNCHER_PID" || [ ! -s "$ES_ENV_FILE" ]; then
-    log "elasticsearch is not running"
+    log "$ES_INSTANCE is not running"
     exit 1
   fi
   cat "$ES_ENV_FILE"
