@@ -193,11 +193,12 @@ tls_ca_locked() {
   rm -rf "$tmp"
 }
 
-# tls_server_cert NAME: issues (once) the server certificate NAME.crt (leaf, PEM) and its key
+# tls_server_cert NAME [EKU]: issues (once) the server certificate NAME.crt (leaf, PEM) and its key
 # NAME.key (unencrypted PKCS#8 PEM, mode 600) in $SLUICE_TLS_DIR, signed by the test CA. NAME.chain
-# is the leaf followed by the CA, for servers that send the chain.
+# is the leaf followed by the CA, for servers that send the chain. EKU is the extendedKeyUsage
+# (default serverAuth; "serverAuth,clientAuth" for a node-to-node transport certificate).
 tls_server_cert() {
-  local name=$1
+  local name=$1 eku=${2:-serverAuth}
   tls_ca >/dev/null
   (
     flock 7
@@ -207,7 +208,7 @@ tls_server_cert() {
     tmp=$(mktemp -d "$SLUICE_TLS_DIR/.$name.XXXXXX")
     printf '%s\n' "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature,keyEncipherment" \
-      "extendedKeyUsage=serverAuth" \
+      "extendedKeyUsage=$eku" \
       "subjectAltName=IP:127.0.0.1,DNS:$SLUICE_TLS_DNS_NAME" \
       "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" >"$tmp/ext.cnf"
     if ! {

@@ -15,6 +15,13 @@
 #                             <name>-transport, export names SLUICE_TEST_<NAME>_*, overrides SLUICE_<NAME>_*
 #   SLUICE_OS_VERSION         version of the integ-test zip [2.19.6]
 #   SLUICE_OS_PORT            first HTTP port tried [9200]; SLUICE_OS_TRANSPORT_PORT the same [9300]
+#   SLUICE_OS_SECURITY        1: the security plugin (org.opensearch.plugin:opensearch-security:
+#                             <version>.0:zip) with HTTPS and transport TLS from the test CA (lib.sh
+#                             tls_server_cert), basic auth for one user `admin` and no demo
+#                             certificates or users [0]. The distribution with the plugin is unpacked
+#                             apart, as opensearch-<version>-security. Exports then also
+#                             SLUICE_TEST_<NAME>_USER, _PASSWORD (override SLUICE_<NAME>_PASSWORD,
+#                             read at the first start only: `clean` to change it) and _CA.
 #
 # The unpacked distribution lives in $SLUICE_CACHE_DIR/opensearch/opensearch-<version> (read-only
 # for the service); config, data and logs in $SLUICE_STATE_DIR/<name>, owned by
@@ -52,6 +59,10 @@ override() {
 OS_VERSION=$(override VERSION "${SLUICE_OS_VERSION:-2.19.6}")
 OS_HEAP=$(override HEAP 512m)
 OS_TIMEOUT=$(override START_TIMEOUT 180)
+OS_SECURITY=${SLUICE_OS_SECURITY:-0}
+case $OS_SECURITY in 0 | 1) ;; *) die "SLUICE_OS_SECURITY is 0 or 1 (got '$OS_SECURITY')" ;; esac
+OS_USER='admin'
+OS_PASSWORD=$(override PASSWORD sluice-opensearch-admin)
 OS_PORT_BASE=${SLUICE_OS_PORT:-9200}
 OS_TRANSPORT_PORT_BASE=${SLUICE_OS_TRANSPORT_PORT:-9300}
 case $OS_VERSION in
@@ -62,6 +73,10 @@ esac
 OS_CLUSTER=sluice-local-$OS_INSTANCE
 OS_CACHE=$SLUICE_CACHE_DIR/opensearch
 OS_HOME=$OS_CACHE/opensearch-$OS_VERSION
+# The security plugin goes into a distribution of its own: the plain one stays plain.
+if [ "$OS_SECURITY" = 1 ]; then OS_HOME=$OS_HOME-security; fi
+# The test CA's certificate (the same file for every TLS instance), when security is on.
+OS_CA=$SLUICE_TLS_DIR/ca.crt
 OS_STATE=$SLUICE_STATE_DIR/$OS_INSTANCE
 OS_CONF=$OS_STATE/config
 OS_LOGS=$OS_STATE/logs
@@ -218,6 +233,102 @@ install_extra_modules() {
   done <<<"$OS_EXTRA_MODULES"
 }
 
+# install_security_plugin: org.opensearch.plugin:opensearch-security:<version>.0:zip from Maven
+# Central (once), installed with opensearch-plugin into the -security distribution (once).
+install_security_plugin() {
+  [ -s "$OS_HOME/plugins/opensearch-security/plugin-descriptor.properties" ] && return 0
+  local coords="org.opensearch.plugin:opensearch-security:$OS_VERSION.0:zip"
+  local zip=$OS_CACHE/opensearch-security-$OS_VERSION.0.zip
+  if [ ! -s "$zip" ]; then
+    log "fetching $coords from Maven Central"
+    maven_fetch "$coords" "$OS_CACHE" ||
+      die "Maven Central has no $coords (the security plugin must match OpenSearch's version exactly)"
+  fi
+  log "installing the security plugin into $OS_HOME"
+  OPENSEARCH_JAVA_HOME=$OS_JAVA OPENSEARCH_PATH_CONF=$OS_HOME/config \
+    "$OS_HOME/bin/opensearch-plugin" install --batch "file://$zip" >&2 ||
+    die "opensearch-plugin could not install $zip"
+  chmod -R a+rX "$OS_HOME"
+}
+
+# write_security_config: TLS material and the security plugin's settings and configuration
+# (loaded into its index at the first start, by plugins.security.allow_default_init_securityindex).
+write_security_config() {
+  local hash
+  tls_server_cert "$OS_INSTANCE"
+  # Node-to-node TLS is mandatory with the plugin; that certificate is a client's one too.
+  tls_server_cert "$OS_INSTANCE-transport" serverAuth,clientAuth
+  mkdir -p "$OS_CONF/certs" "$OS_CONF/opensearch-security"
+  cp "$SLUICE_TLS_DIR/$OS_INSTANCE.crt" "$OS_CONF/certs/http.crt"
+  cp "$SLUICE_TLS_DIR/$OS_INSTANCE.key" "$OS_CONF/certs/http.key"
+  cp "$SLUICE_TLS_DIR/$OS_INSTANCE-transport.crt" "$OS_CONF/certs/transport.crt"
+  cp "$SLUICE_TLS_DIR/$OS_INSTANCE-transport.key" "$OS_CONF/certs/transport.key"
+  cp "$OS_CA" "$OS_CONF/certs/ca.crt"
+  cat >>"$OS_CONF/opensearch.yml" <<EOF
+plugins.security.ssl.transport.pemcert_filepath: certs/transport.crt
+plugins.security.ssl.transport.pemkey_filepath: certs/transport.key
+plugins.security.ssl.transport.pemtrustedcas_filepath: certs/ca.crt
+plugins.security.ssl.transport.enforce_hostname_verification: false
+plugins.security.ssl.http.enabled: true
+plugins.security.ssl.http.pemcert_filepath: certs/http.crt
+plugins.security.ssl.http.pemkey_filepath: certs/http.key
+plugins.security.ssl.http.pemtrustedcas_filepath: certs/ca.crt
+plugins.security.ssl.http.clientauth_mode: NONE
+plugins.security.nodes_dn: ["CN=$SLUICE_TLS_DNS_NAME"]
+plugins.security.allow_default_init_securityindex: true
+plugins.security.restapi.roles_enabled: ["all_access"]
+plugins.security.system_indices.enabled: true
+plugins.security.disabled: false
+EOF
+  # The plugin's own files (action groups, built-in roles, …) less its demo users, then ours.
+  cp -r "$OS_HOME/config/opensearch-security/." "$OS_CONF/opensearch-security/"
+  hash=$(OPENSEARCH_JAVA_HOME=$OS_JAVA JAVA_HOME=$OS_JAVA \
+    bash "$OS_HOME/plugins/opensearch-security/tools/hash.sh" -p "$OS_PASSWORD" 2>/dev/null | tail -n 1)
+  case $hash in \$2*) ;; *) die "the security plugin's tools/hash.sh gave no bcrypt hash" ;; esac
+  cat >"$OS_CONF/opensearch-security/internal_users.yml" <<EOF
+# Written by deploy/local/opensearch.sh ($OS_INSTANCE): the only user, no demo users.
+_meta:
+  type: "internalusers"
+  config_version: 2
+$OS_USER:
+  hash: "$hash"
+  reserved: true
+  backend_roles: ["admin"]
+  description: "sluice local tests"
+EOF
+  cat >"$OS_CONF/opensearch-security/roles_mapping.yml" <<EOF
+# Written by deploy/local/opensearch.sh ($OS_INSTANCE).
+_meta:
+  type: "rolesmapping"
+  config_version: 2
+all_access:
+  reserved: false
+  backend_roles: ["admin"]
+  users: ["$OS_USER"]
+EOF
+  cat >"$OS_CONF/opensearch-security/config.yml" <<'EOF'
+# Written by deploy/local/opensearch.sh: HTTP basic auth against the internal users, nothing else.
+_meta:
+  type: "config"
+  config_version: 2
+config:
+  dynamic:
+    http:
+      anonymous_auth_enabled: false
+    authc:
+      basic_internal_auth_domain:
+        description: "HTTP basic auth against the internal users"
+        http_enabled: true
+        transport_enabled: true
+        order: 0
+        http_authenticator:
+          type: basic
+          challenge: true
+        authentication_backend:
+          type: intern
+EOF
+}
+
 # write_config HTTP_PORT TRANSPORT_PORT: config dir in the state dir (rewritten on every start so
 # port changes take effect; data is untouched).
 write_config() {
@@ -245,19 +356,36 @@ path.logs: $OS_LOGS
 cluster.routing.allocation.disk.threshold_enabled: false
 action.destructive_requires_name: false
 EOF
+  if [ "$OS_SECURITY" = 1 ]; then write_security_config; fi
   chown -R "$SLUICE_SERVICE_USER:" "$OS_STATE"
+  chmod 700 "$OS_STATE"
+  # The security plugin warns about every config file others could read.
+  if [ "$OS_SECURITY" = 1 ]; then chmod -R u=rwX,go= "$OS_CONF"; fi
 }
 
 http_port() { cat "$SLUICE_STATE_DIR/ports/$OS_INSTANCE"; }
-base_url() { echo "http://127.0.0.1:$(http_port)"; }
+base_url() {
+  if [ "$OS_SECURITY" = 1 ]; then echo "https://127.0.0.1:$(http_port)"; else echo "http://127.0.0.1:$(http_port)"; fi
+}
+
+# os_curl ARGS...: curl that, with security on, trusts the test CA and logs in as the admin user.
+os_curl() {
+  if [ "$OS_SECURITY" = 1 ]; then curl --cacert "$OS_CA" -u "$OS_USER:$OS_PASSWORD" "$@"; else curl "$@"; fi
+}
 
 env_lines() {
-  echo "export SLUICE_TEST_${OS_VAR}_URL=$(base_url)"
+  local p="SLUICE_TEST_${OS_VAR}"
+  echo "export ${p}_URL=$(base_url)"
+  if [ "$OS_SECURITY" = 1 ]; then
+    echo "export ${p}_USER=$OS_USER"
+    echo "export ${p}_PASSWORD=$OS_PASSWORD"
+    echo "export ${p}_CA=$OS_CA"
+  fi
 }
 
 # answering: cluster health of *our* cluster is at least yellow.
 answering() {
-  curl -fsS --max-time 5 "$(base_url)/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
+  os_curl -fsS --max-time 5 "$(base_url)/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
     grep -q "\"cluster_name\":\"$OS_CLUSTER\""
 }
 
@@ -273,7 +401,7 @@ wait_ready() {
 }
 
 publish_env() {
-  env_lines >"$OS_ENV_FILE"
+  (umask 077 && env_lines >"$OS_ENV_FILE")
   env_lines
 }
 
@@ -296,18 +424,19 @@ cmd_start() {
 
   require_tools
   ensure_service_user
-  local java_home http transport
+  local http transport
   if [ "$OS_JAVA_MAX" -lt 24 ]; then
-    java_home=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX") || {
+    OS_JAVA=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX") || {
       apt_install openjdk-17-jre-headless
-      java_home=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX")
+      OS_JAVA=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX")
     } || die "no JDK $OS_JAVA_MIN..$OS_JAVA_MAX found (OpenSearch 2.x does not run on JDK 24+)"
   else
-    java_home=$(java_home_at_least "$OS_JAVA_MIN") ||
+    OS_JAVA=$(java_home_at_least "$OS_JAVA_MIN") ||
       die "no JDK $OS_JAVA_MIN+ in /usr/lib/jvm (OpenSearch $OS_VERSION needs one; e.g. apt-get install openjdk-21-jre-headless where Debian has it)"
   fi
   install_distribution
   install_extra_modules
+  if [ "$OS_SECURITY" = 1 ]; then install_security_plugin; fi
 
   http=$(pick_port "$OS_INSTANCE" "$OS_PORT_BASE")
   transport=$(pick_port "$OS_INSTANCE-transport" "$OS_TRANSPORT_PORT_BASE")
@@ -319,7 +448,7 @@ cmd_start() {
   chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$OS_CACHE"
   write_config "$http" "$transport"
 
-  log "starting OpenSearch $OS_VERSION on $(base_url) (transport $transport, heap $OS_HEAP, java $java_home)"
+  log "starting OpenSearch $OS_VERSION on $(base_url) (transport $transport, heap $OS_HEAP, java $OS_JAVA)"
   echo "=== start $(date -u +%FT%TZ) ===" >>"$OS_CONSOLE"
   chown "$SLUICE_SERVICE_USER:" "$OS_CONSOLE"
   # setsid: own session, so a Ctrl-C or hangup of the caller does not reach the JVM. The subshell is
@@ -328,7 +457,7 @@ cmd_start() {
     cd "$OS_STATE"
     exec setsid setpriv --reuid="$SLUICE_SERVICE_USER" --regid="$(id -g "$SLUICE_SERVICE_USER")" --init-groups \
       env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$OS_STATE" LANG=C.UTF-8 \
-      OPENSEARCH_JAVA_HOME="$java_home" OPENSEARCH_PATH_CONF="$OS_CONF" OPENSEARCH_TMPDIR="$OS_STATE/tmp" \
+      OPENSEARCH_JAVA_HOME="$OS_JAVA" OPENSEARCH_PATH_CONF="$OS_CONF" OPENSEARCH_TMPDIR="$OS_STATE/tmp" \
       "$OS_HOME/bin/opensearch" -p "$OS_SERVER_PID"
   ) </dev/null >>"$OS_CONSOLE" 2>&1 9>&- &
   echo $! >"$OS_LAUNCHER_PID"
