@@ -279,6 +279,7 @@ plugins.security.allow_default_init_securityindex: true
 plugins.security.restapi.roles_enabled: ["all_access"]
 plugins.security.system_indices.enabled: true
 plugins.security.disabled: false
+plugins.security.audit.type: noop
 EOF
   # The plugin's own files (action groups, built-in roles, …) less its demo users, then ours.
   cp -r "$OS_HOME/config/opensearch-security/." "$OS_CONF/opensearch-security/"
