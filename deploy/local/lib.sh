@@ -194,9 +194,9 @@ tls_ca_locked() {
 }
 
 # tls_server_cert NAME [EKU]: issues (once) the server certificate NAME.crt (leaf, PEM) and its key
-# NAME.key (unencrypted PKCS#8 PEM, mode 600) in $SLUICE_TLS_DIR, signed by the test CA. NAME.chain
-# is the leaf followed by the CA, for servers that send the chain. EKU is the extendedKeyUsage
-# (default serverAuth; "serverAuth,clientAuth" for a node-to-node transport certificate).
+# NAME.key (unencrypted PKCS#8 PEM, mode 600) in $SLUICE_TLS_DIR, signed by the test CA. EKU is the
+# extendedKeyUsage (default serverAuth; "serverAuth,clientAuth" for a node-to-node transport
+# certificate).
 tls_server_cert() {
   local name=$1 eku=${2:-serverAuth}
   tls_ca >/dev/null
@@ -224,7 +224,6 @@ tls_server_cert() {
     fi
     chmod 600 "$tmp/server.key"
     chmod 644 "$tmp/server.crt"
-    cat "$tmp/server.crt" "$SLUICE_TLS_DIR/ca.crt" >"$SLUICE_TLS_DIR/$name.chain"
     mv "$tmp/server.key" "$SLUICE_TLS_DIR/$name.key"
     mv "$tmp/server.crt" "$SLUICE_TLS_DIR/$name.crt"
     rm -rf "$tmp"
