@@ -55,6 +55,8 @@ case $ES_INSTANCE in
 esac
 # ES_VAR: the instance's name in variable names (elasticsearch8 -> ELASTICSEARCH8).
 ES_VAR=$(echo "$ES_INSTANCE" | tr '[:lower:]-' '[:upper:]_')
+# ES_SELF: the command of this instance, for messages (each instance has a wrapper named after it).
+ES_SELF=deploy/local/$ES_INSTANCE.sh
 
 # override NAME DEFAULT: $SLUICE_<INSTANCE>_NAME when set, DEFAULT otherwise.
 override() {
@@ -403,7 +405,7 @@ check_token_service() {
   licence=$(es_curl -fsS --max-time 10 -u "$ES_USER:$ES_PASSWORD" "$(base_url)/_license" |
     jq -r '.license.type + " " + .license.status') || die "could not read the licence (GET /_license)"
   [ "$licence" = "trial active" ] ||
-    die "the licence is '$licence', not an active trial, so the token service is off: '$0 clean' and start again (a new 30-day trial)"
+    die "the licence is '$licence', not an active trial, so the token service is off: '$ES_SELF clean' and start again (a new 30-day trial)"
   token=$(es_curl -fsS --max-time 30 -u "$ES_USER:$ES_PASSWORD" -H 'Content-Type: application/json' \
     -X POST "$(base_url)/_security/oauth2/token" \
     -d '{"grant_type":"password","username":"'"$ES_USER"'","password":"'"$ES_PASSWORD"'"}' |
@@ -446,7 +448,7 @@ cmd_start() {
   http=$(pick_port "$ES_INSTANCE" "$ES_PORT_BASE")
   transport=$(pick_port "$ES_INSTANCE-transport" "$ES_TRANSPORT_PORT_BASE")
   for p in "$http" "$transport"; do
-    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${ES_VAR}_PORT / SLUICE_${ES_VAR}_TRANSPORT_PORT, or run '$0 clean' to pick new ports)"
+    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${ES_VAR}_PORT / SLUICE_${ES_VAR}_TRANSPORT_PORT, or run '$ES_SELF clean' to pick new ports)"
   done
   # The service user must reach the distribution and its state dir whatever root's umask was.
   chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$ES_CACHE"
@@ -529,7 +531,7 @@ case "${1:-}" in
   clean) cmd_clean ;;
   fetch) cmd_fetch ;;
   *)
-    echo "usage: $0 start|stop|env|clean|fetch" >&2
+    echo "usage: $ES_SELF start|stop|env|clean|fetch" >&2
     exit 2
     ;;
 esac

@@ -49,6 +49,8 @@ case $OS_INSTANCE in
 esac
 # OS_VAR: the instance's name in variable names (opensearch3 -> OPENSEARCH3).
 OS_VAR=$(echo "$OS_INSTANCE" | tr '[:lower:]-' '[:upper:]_')
+# OS_SELF: the command of this instance, for messages (each instance has a wrapper named after it).
+OS_SELF=deploy/local/$OS_INSTANCE.sh
 
 # override NAME DEFAULT: $SLUICE_<INSTANCE>_NAME when set, DEFAULT otherwise.
 override() {
@@ -443,7 +445,7 @@ cmd_start() {
   transport=$(pick_port "$OS_INSTANCE-transport" "$OS_TRANSPORT_PORT_BASE")
   local p
   for p in "$http" "$transport"; do
-    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${OS_VAR}_PORT / SLUICE_${OS_VAR}_TRANSPORT_PORT, or run '$0 clean' to pick new ports)"
+    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${OS_VAR}_PORT / SLUICE_${OS_VAR}_TRANSPORT_PORT, or run '$OS_SELF clean' to pick new ports)"
   done
   # The service user must reach the distribution and its state dir whatever root's umask was.
   chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$OS_CACHE"
@@ -515,7 +517,7 @@ case "${1:-}" in
   env) cmd_env ;;
   clean) cmd_clean ;;
   *)
-    echo "usage: $0 start|stop|env|clean" >&2
+    echo "usage: $OS_SELF start|stop|env|clean" >&2
     exit 2
     ;;
 esac
