@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures how long `deploy/local/up.sh` takes until all four services (Postgres, Kafka,
+# Measures how long `deploy/local/up.sh` takes until the four main services (Postgres, Kafka,
 # OpenSearch, Elasticsearch) answer a real request, in three situations:
 #
 #   cold     empty download cache, empty Maven local repository, fresh state: the Kafka jars and
@@ -76,7 +76,7 @@ measure() {
   log "$label: deploy/local/up.sh (cache $SLUICE_CACHE_DIR, state $SLUICE_STATE_DIR)"
   watch_start
   t0=$(now)
-  if ! "$REPO_DIR/deploy/local/up.sh" >"$WORK/up-$label.out" 2>"$WORK/up-$label.err"; then
+  if ! "$REPO_DIR/deploy/local/up.sh" "${SERVICES[@]}" >"$WORK/up-$label.out" 2>"$WORK/up-$label.err"; then
     watch_stop >/dev/null
     cat "$WORK/up-$label.err" >&2
     die "$label: up.sh failed"

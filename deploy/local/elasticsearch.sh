@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Single-node Elasticsearch 9 on 127.0.0.1 with security on (HTTP without TLS), from the
-# integ-test zip on Maven Central, without Docker.
+# Single-node Elasticsearch on 127.0.0.1 with security on, from the integ-test zip on Maven Central,
+# without Docker. One script for every instance: the instance settings below come from variables,
+# and the defaults are the main instance (Elasticsearch 9, plain HTTP). deploy/local/elasticsearch8.sh
+# sets them for the second instance (Elasticsearch 8, HTTPS, token service) and execs this script.
 #
 #   deploy/local/elasticsearch.sh start   start (idempotent); prints the export lines below
 #   deploy/local/elasticsearch.sh stop    SIGTERM, wait, kill; keeps data, ports and the API key
@@ -8,39 +10,86 @@
 #   deploy/local/elasticsearch.sh clean   stop, then delete data, logs, keystore, API key, ports
 #   deploy/local/elasticsearch.sh fetch   only fetch and unpack the distribution; prints its directory
 #
-# Exports SLUICE_TEST_ELASTICSEARCH_URL, _API_KEY (the `encoded` value of an API key with all
-# privileges on non-restricted indices and cluster `monitor` and `manage_index_templates`), _USER (elastic) and _PASSWORD.
+# Instance settings (set by the wrappers; defaults in brackets):
+#   SLUICE_ES_INSTANCE       name of the instance [elasticsearch]: state in $SLUICE_STATE_DIR/<name>,
+#                            env file $SLUICE_STATE_DIR/<name>.env, ports remembered as <name> and
+#                            <name>-transport, export names SLUICE_TEST_<NAME>_*, overrides SLUICE_<NAME>_*
+#   SLUICE_ES_VERSION        version of the integ-test zip [9.2.4]
+#   SLUICE_ES_PORT           first HTTP port tried [9210]; SLUICE_ES_TRANSPORT_PORT the same [9310]
+#   SLUICE_ES_TLS            1: HTTPS with a certificate of the test CA (lib.sh tls_server_cert) [0]
+#   SLUICE_ES_TOKEN_SERVICE  1: xpack.security.authc.token.enabled, so POST /_security/oauth2/token
+#                            grants bearer tokens [0]
 #
-# The unpacked distribution lives in $SLUICE_CACHE_DIR/elasticsearch (read-only for the service);
-# config (with the keystore holding bootstrap.password), data and logs in
-# $SLUICE_STATE_DIR/elasticsearch, owned by $SLUICE_SERVICE_USER (Elasticsearch refuses to run as
-# root). The zip is under the Elastic licences: it is fetched and run, never committed.
-# Overrides: SLUICE_ELASTICSEARCH_PORT, SLUICE_ELASTICSEARCH_TRANSPORT_PORT,
-# SLUICE_ELASTICSEARCH_VERSION, SLUICE_ELASTICSEARCH_HEAP, SLUICE_ELASTICSEARCH_PASSWORD,
-# SLUICE_ELASTICSEARCH_START_TIMEOUT.
+# Exports SLUICE_TEST_<NAME>_URL, _API_KEY (the `encoded` value of an API key with all privileges
+# on non-restricted indices and cluster `monitor` and `manage_index_templates`), _USER (elastic),
+# _PASSWORD and, with TLS, _CA (the test CA's certificate, PEM).
 #
-# The integ-test zip holds only the modules apm, transport-netty4, x-pack-core and x-pack-security:
-# no painless, no reindex (so no _reindex / _delete_by_query / _update_by_query), no ingest-common,
-# no mapper-extras, no analysis-common. Maven Central has none of those for 9.x, so they cannot be
-# added; only three analysis components the .security index needs are supplied by a small plugin
-# this script compiles (install_analysis_shim). Maven Central has no integ-test zip for 9.3+
-# (9.3.0, 9.3.1, 9.4.0, 9.5.6 refused; 9.2.2, 9.2.5, 9.2.6 too); 9.2.4 is the newest 9.x found.
+# The unpacked distribution lives in $SLUICE_CACHE_DIR/elasticsearch/elasticsearch-<version>
+# (read-only for the service); config (with the keystore holding bootstrap.password and, with TLS,
+# the server certificate and key), data and logs in $SLUICE_STATE_DIR/<name>, owned by
+# $SLUICE_SERVICE_USER (Elasticsearch refuses to run as root). The zip is under the Elastic
+# licences: it is fetched and run, never committed.
+# Overrides (<NAME> as above, e.g. ELASTICSEARCH or ELASTICSEARCH8): SLUICE_<NAME>_PORT,
+# SLUICE_<NAME>_TRANSPORT_PORT, SLUICE_<NAME>_VERSION, SLUICE_<NAME>_HEAP, SLUICE_<NAME>_PASSWORD,
+# SLUICE_<NAME>_START_TIMEOUT.
+#
+# The integ-test zips (9.2.4 and 8.19.7 alike) hold only the modules apm, transport-netty4,
+# x-pack-core and x-pack-security: no painless, no reindex (so no _reindex / _delete_by_query /
+# _update_by_query), no ingest-common, no mapper-extras, no analysis-common. Maven Central has none
+# of those for 8.x or 9.x, so they cannot be added; only three analysis components the .security
+# index needs are supplied by a small plugin this script compiles (install_analysis_shim). Maven
+# Central has no integ-test zip for 9.3+ (9.3.0, 9.3.1, 9.4.0, 9.5.6 refused; 9.2.2, 9.2.5, 9.2.6
+# too); 9.2.4 is the newest 9.x found.
+# Java: the newest JDK installed of at least 21 for 9.x, 17 for 8.x. Both run on JDK 24+ (no
+# SecurityManager there: Elasticsearch 8.18+ and 9.x use their own entitlement checks instead).
 # The elastic password is written to the keystore at the first start: `clean` to change it.
 set -euo pipefail
 
-SERVICE=elasticsearch
+ES_INSTANCE=${SLUICE_ES_INSTANCE:-elasticsearch}
+SERVICE=$ES_INSTANCE
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
-ES_VERSION=${SLUICE_ELASTICSEARCH_VERSION:-9.2.4}
-ES_HEAP=${SLUICE_ELASTICSEARCH_HEAP:-512m}
-ES_TIMEOUT=${SLUICE_ELASTICSEARCH_START_TIMEOUT:-180}
+case $ES_INSTANCE in
+  *[!a-z0-9-]* | "" | -*) die "SLUICE_ES_INSTANCE must be lower-case letters, digits and dashes (got '$ES_INSTANCE')" ;;
+esac
+# ES_VAR: the instance's name in variable names (elasticsearch8 -> ELASTICSEARCH8).
+ES_VAR=$(echo "$ES_INSTANCE" | tr '[:lower:]-' '[:upper:]_')
+# ES_SELF: the command of this instance, for messages (each instance has a wrapper named after it).
+ES_SELF=deploy/local/$ES_INSTANCE.sh
+
+# override NAME DEFAULT: $SLUICE_<INSTANCE>_NAME when set, DEFAULT otherwise.
+override() {
+  local var="SLUICE_${ES_VAR}_$1"
+  echo "${!var:-$2}"
+}
+
+ES_VERSION=$(override VERSION "${SLUICE_ES_VERSION:-9.2.4}")
+ES_HEAP=$(override HEAP 512m)
+ES_TIMEOUT=$(override START_TIMEOUT 180)
 ES_USER=elastic
-ES_PASSWORD=${SLUICE_ELASTICSEARCH_PASSWORD:-sluice-elastic}
-ES_CLUSTER=sluice-local-elasticsearch
+ES_PASSWORD=$(override PASSWORD sluice-elastic)
+ES_PORT_BASE=${SLUICE_ES_PORT:-9210}
+ES_TRANSPORT_PORT_BASE=${SLUICE_ES_TRANSPORT_PORT:-9310}
+ES_TLS=${SLUICE_ES_TLS:-0}
+ES_TOKEN_SERVICE=${SLUICE_ES_TOKEN_SERVICE:-0}
+case "$ES_TLS$ES_TOKEN_SERVICE" in
+  [01][01]) ;;
+  *) die "SLUICE_ES_TLS and SLUICE_ES_TOKEN_SERVICE are 0 or 1 (got '$ES_TLS', '$ES_TOKEN_SERVICE')" ;;
+esac
+case $ES_VERSION in
+  8.*) ES_JAVA_MIN=17 ;;
+  9.*) ES_JAVA_MIN=21 ;;
+  *) die "Elasticsearch $ES_VERSION: this script knows 8.x and 9.x only" ;;
+esac
+# The token service is a paid feature: the basic licence answers "Security tokens are not available
+# under the current [basic] license". With it on, the cluster generates a 30-day trial licence when
+# its data dir is created (`clean` starts a new 30 days; a start checks that it is still active).
+if [ "$ES_TOKEN_SERVICE" = 1 ]; then ES_LICENSE=trial; else ES_LICENSE=basic; fi
+ES_CLUSTER=sluice-local-$ES_INSTANCE
 ES_CACHE=$SLUICE_CACHE_DIR/elasticsearch
 ES_HOME=$ES_CACHE/elasticsearch-$ES_VERSION
-ES_STATE=$SLUICE_STATE_DIR/elasticsearch
+ES_STATE=$SLUICE_STATE_DIR/$ES_INSTANCE
 ES_CONF=$ES_STATE/config
 ES_LOGS=$ES_STATE/logs
 ES_CONSOLE=$ES_LOGS/console.log
@@ -49,7 +98,10 @@ ES_CONSOLE=$ES_LOGS/console.log
 ES_LAUNCHER_PID=$ES_STATE/launcher.pid
 ES_SERVER_PID=$ES_STATE/run/elasticsearch.pid
 ES_API_KEY_FILE=$ES_STATE/api-key
-ES_ENV_FILE=$SLUICE_STATE_DIR/elasticsearch.env
+ES_ENV_FILE=$SLUICE_STATE_DIR/$ES_INSTANCE.env
+ES_LOCK=$SLUICE_STATE_DIR/.$ES_INSTANCE.lock
+# The test CA's certificate (the same file for every TLS instance), when TLS is on.
+ES_CA=$SLUICE_TLS_DIR/ca.crt
 
 # ours PIDFILE: the pid in PIDFILE is alive and belongs to the Elasticsearch of this state dir.
 ours() {
@@ -87,12 +139,12 @@ install_distribution() {
 # the .security index (where API keys live) needs its `uax_url_email` tokenizer and its
 # `pattern_capture` and `unique` token filters: without them every API key request fails with
 # "Unknown filter type [pattern_capture] for [email]". Maven Central has no analysis-common for
-# Elasticsearch 9, so this compiles a tiny plugin that registers those three from Lucene classes
+# Elasticsearch 8 or 9, so this compiles a tiny plugin that registers those three from Lucene classes
 # already in lib/ (once, into the cached distribution).
 install_analysis_shim() {
   local dir=$ES_HOME/plugins/sluice-analysis-shim
   [ -s "$dir/sluice-analysis-shim.jar" ] && return 0
-  [ -x "$ES_JAVA/bin/javac" ] || die "$ES_JAVA has no javac: a full JDK 21+ is needed to build the analysis shim"
+  [ -x "$ES_JAVA/bin/javac" ] || die "$ES_JAVA has no javac: a full JDK $ES_JAVA_MIN+ is needed to build the analysis shim"
   log "building the analysis shim plugin (uax_url_email, pattern_capture, unique)"
   local build
   build=$(mktemp -d)
@@ -187,7 +239,7 @@ public class AnalysisShimPlugin extends Plugin implements AnalysisPlugin {
     }
 }
 JAVA
-  "$ES_JAVA/bin/javac" -nowarn --release 21 -cp "$ES_HOME/lib/*" -d "$build/classes" \
+  "$ES_JAVA/bin/javac" -nowarn --release "$ES_JAVA_MIN" -cp "$ES_HOME/lib/*" -d "$build/classes" \
     "$build/src/sluice/esshim/AnalysisShimPlugin.java" >&2
   mkdir -p "$build/plugin"
   "$ES_JAVA/bin/jar" --create --file "$build/plugin/sluice-analysis-shim.jar" -C "$build/classes" . >&2
@@ -196,7 +248,7 @@ description=sluice local tests: uax_url_email, pattern_capture and unique for th
 version=$ES_VERSION
 name=sluice-analysis-shim
 classname=sluice.esshim.AnalysisShimPlugin
-java.version=21
+java.version=$ES_JAVA_MIN
 elasticsearch.version=$ES_VERSION
 EOF
   chmod -R a+rX "$build/plugin"
@@ -229,7 +281,7 @@ write_config() {
   printf -- '-Xms%s\n-Xmx%s\n-XX:HeapDumpPath=%s\n' "$ES_HEAP" "$ES_HEAP" "$ES_STATE/data" \
     >"$ES_CONF/jvm.options.d/heap.options"
   cat >"$ES_CONF/elasticsearch.yml" <<EOF
-# Written by deploy/local/elasticsearch.sh on every start: edit the script, not this file.
+# Written by deploy/local/elasticsearch.sh ($ES_INSTANCE) on every start: edit the script, not this file.
 cluster.name: $ES_CLUSTER
 node.name: sluice-local
 discovery.type: single-node
@@ -240,14 +292,35 @@ path.data: $ES_STATE/data
 path.logs: $ES_LOGS
 cluster.routing.allocation.disk.threshold_enabled: false
 action.destructive_requires_name: false
-xpack.license.self_generated.type: basic
+xpack.license.self_generated.type: $ES_LICENSE
 xpack.security.enabled: true
-xpack.security.http.ssl.enabled: false
 xpack.security.transport.ssl.enabled: false
 xpack.security.authc.api_key.enabled: true
 EOF
+  if [ "$ES_TLS" = 1 ]; then
+    # The server certificate of the test CA (lib.sh), copied into the config dir: Elasticsearch
+    # reads key material from there only.
+    tls_server_cert "$ES_INSTANCE"
+    mkdir -p "$ES_CONF/certs"
+    cp "$SLUICE_TLS_DIR/$ES_INSTANCE.crt" "$ES_CONF/certs/http.crt"
+    cp "$SLUICE_TLS_DIR/$ES_INSTANCE.key" "$ES_CONF/certs/http.key"
+    cp "$ES_CA" "$ES_CONF/certs/ca.crt"
+    cat >>"$ES_CONF/elasticsearch.yml" <<EOF
+xpack.security.http.ssl.enabled: true
+xpack.security.http.ssl.certificate: certs/http.crt
+xpack.security.http.ssl.key: certs/http.key
+xpack.security.http.ssl.certificate_authorities: certs/ca.crt
+xpack.security.http.ssl.client_authentication: none
+EOF
+  else
+    echo "xpack.security.http.ssl.enabled: false" >>"$ES_CONF/elasticsearch.yml"
+  fi
+  if [ "$ES_TOKEN_SERVICE" = 1 ]; then
+    echo "xpack.security.authc.token.enabled: true" >>"$ES_CONF/elasticsearch.yml"
+  fi
   chown -R "$SLUICE_SERVICE_USER:" "$ES_STATE"
   chmod 700 "$ES_STATE"
+  if [ -d "$ES_CONF/certs" ]; then chmod 600 "$ES_CONF/certs/http.key"; fi
   # The elastic user's password comes from bootstrap.password (reserved realm) while no other
   # password was set through the API.
   if [ ! -s "$ES_CONF/elasticsearch.keystore" ]; then
@@ -257,19 +330,28 @@ EOF
   fi
 }
 
-http_port() { cat "$SLUICE_STATE_DIR/ports/elasticsearch"; }
-base_url() { echo "http://127.0.0.1:$(http_port)"; }
+http_port() { cat "$SLUICE_STATE_DIR/ports/$ES_INSTANCE"; }
+base_url() {
+  if [ "$ES_TLS" = 1 ]; then echo "https://127.0.0.1:$(http_port)"; else echo "http://127.0.0.1:$(http_port)"; fi
+}
+
+# es_curl ARGS...: curl that trusts the test CA when the instance serves TLS.
+es_curl() {
+  if [ "$ES_TLS" = 1 ]; then curl --cacert "$ES_CA" "$@"; else curl "$@"; fi
+}
 
 env_lines() {
-  echo "export SLUICE_TEST_ELASTICSEARCH_URL=$(base_url)"
-  echo "export SLUICE_TEST_ELASTICSEARCH_API_KEY=$(jq -r .encoded "$ES_API_KEY_FILE")"
-  echo "export SLUICE_TEST_ELASTICSEARCH_USER=$ES_USER"
-  echo "export SLUICE_TEST_ELASTICSEARCH_PASSWORD=$ES_PASSWORD"
+  local p="SLUICE_TEST_${ES_VAR}"
+  echo "export ${p}_URL=$(base_url)"
+  echo "export ${p}_API_KEY=$(jq -r .encoded "$ES_API_KEY_FILE")"
+  echo "export ${p}_USER=$ES_USER"
+  echo "export ${p}_PASSWORD=$ES_PASSWORD"
+  if [ "$ES_TLS" = 1 ]; then echo "export ${p}_CA=$ES_CA"; fi
 }
 
 # answering: cluster health of *our* cluster, as elastic, is at least yellow.
 answering() {
-  curl -fsS --max-time 5 -u "$ES_USER:$ES_PASSWORD" \
+  es_curl -fsS --max-time 5 -u "$ES_USER:$ES_PASSWORD" \
     "$(base_url)/_cluster/health?wait_for_status=yellow&timeout=2s" 2>/dev/null |
     grep -q "\"cluster_name\":\"$ES_CLUSTER\""
 }
@@ -278,9 +360,9 @@ answering() {
 up_or_dead() { answering || ! pid_alive "$ES_LAUNCHER_PID"; }
 
 wait_ready() {
-  wait_until "$ES_TIMEOUT" "$ES_CONSOLE" "elasticsearch" up_or_dead
+  wait_until "$ES_TIMEOUT" "$ES_CONSOLE" "$ES_INSTANCE" up_or_dead
   if ! answering; then
-    log "elasticsearch exited during startup"
+    log "$ES_INSTANCE exited during startup"
     fail_with_log "$ES_CONSOLE"
   fi
 }
@@ -292,7 +374,7 @@ api_key_valid() {
   [ -s "$ES_API_KEY_FILE" ] || return 1
   [ "$(jq -r .name "$ES_API_KEY_FILE")" = "$API_KEY_NAME" ] || return 1
   local code
-  code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' \
+  code=$(es_curl -sS --max-time 10 -o /dev/null -w '%{http_code}' \
     -H "Authorization: ApiKey $(jq -r .encoded "$ES_API_KEY_FILE")" "$(base_url)/_security/_authenticate")
   [ "$code" = 200 ]
 }
@@ -304,7 +386,7 @@ ensure_api_key() {
   local body tmp
   body='{"name":"'"$API_KEY_NAME"'","role_descriptors":{"sluice_tests":{"cluster":["monitor","manage_index_templates"],"indices":[{"names":["*"],"privileges":["all"]}]}}}'
   tmp=$(mktemp "$ES_STATE/.api-key.XXXXXX")
-  if ! curl -fsS --max-time 30 -u "$ES_USER:$ES_PASSWORD" -H 'Content-Type: application/json' \
+  if ! es_curl -fsS --max-time 30 -u "$ES_USER:$ES_PASSWORD" -H 'Content-Type: application/json' \
     -X POST "$(base_url)/_security/api_key" -d "$body" >"$tmp"; then
     rm -f "$tmp"
     log "could not create the API key"
@@ -315,23 +397,41 @@ ensure_api_key() {
   api_key_valid || die "the new API key is refused by _security/_authenticate"
 }
 
+# check_token_service: the token service grants a bearer token for the elastic user's password
+# (grant_type password), and that token authenticates. Each start makes one token (20 min).
+check_token_service() {
+  [ "$ES_TOKEN_SERVICE" = 1 ] || return 0
+  local token licence
+  licence=$(es_curl -fsS --max-time 10 -u "$ES_USER:$ES_PASSWORD" "$(base_url)/_license" |
+    jq -r '.license.type + " " + .license.status') || die "could not read the licence (GET /_license)"
+  [ "$licence" = "trial active" ] ||
+    die "the licence is '$licence', not an active trial, so the token service is off: '$ES_SELF clean' and start again (a new 30-day trial)"
+  token=$(es_curl -fsS --max-time 30 -u "$ES_USER:$ES_PASSWORD" -H 'Content-Type: application/json' \
+    -X POST "$(base_url)/_security/oauth2/token" \
+    -d '{"grant_type":"password","username":"'"$ES_USER"'","password":"'"$ES_PASSWORD"'"}' |
+    jq -r .access_token) || die "the token service refused a password grant for $ES_USER"
+  es_curl -fsS --max-time 10 -o /dev/null -H "Authorization: Bearer $token" "$(base_url)/_security/_authenticate" ||
+    die "a bearer token from _security/oauth2/token is refused by _security/_authenticate"
+}
+
 publish_env() {
   ensure_api_key
+  check_token_service
   (umask 077 && env_lines >"$ES_ENV_FILE")
   env_lines
 }
 
 cmd_start() {
-  exec 9>"$SLUICE_STATE_DIR/.elasticsearch.lock"
+  exec 9>"$ES_LOCK"
   flock 9
   START_OK=0
   if ours "$ES_LAUNCHER_PID"; then
     trap stop_unless_started EXIT
     if ! answering; then
-      log "elasticsearch (pid $(cat "$ES_LAUNCHER_PID")) is starting: waiting"
+      log "$ES_INSTANCE (pid $(cat "$ES_LAUNCHER_PID")) is starting: waiting"
       wait_ready
     fi
-    log "elasticsearch already running on port $(http_port)"
+    log "$ES_INSTANCE already running on $(base_url)"
     publish_env
     START_OK=1
     return 0
@@ -340,21 +440,21 @@ cmd_start() {
 
   require_tools
   ensure_service_user
-  ES_JAVA=$(java_home_at_least 21) || die "no JDK 21+ in /usr/lib/jvm (Elasticsearch 9 needs one)"
+  ES_JAVA=$(java_home_at_least "$ES_JAVA_MIN") || die "no JDK $ES_JAVA_MIN+ in /usr/lib/jvm (Elasticsearch $ES_VERSION needs one)"
   install_distribution
   install_analysis_shim
 
   local http transport p
-  http=$(pick_port elasticsearch 9210)
-  transport=$(pick_port elasticsearch-transport 9310)
+  http=$(pick_port "$ES_INSTANCE" "$ES_PORT_BASE")
+  transport=$(pick_port "$ES_INSTANCE-transport" "$ES_TRANSPORT_PORT_BASE")
   for p in "$http" "$transport"; do
-    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_ELASTICSEARCH_PORT / SLUICE_ELASTICSEARCH_TRANSPORT_PORT, or run '$0 clean' to pick new ports)"
+    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${ES_VAR}_PORT / SLUICE_${ES_VAR}_TRANSPORT_PORT, or run '$ES_SELF clean' to pick new ports)"
   done
   # The service user must reach the distribution and its state dir whatever root's umask was.
   chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$ES_CACHE"
   write_config "$http" "$transport"
 
-  log "starting Elasticsearch $ES_VERSION on 127.0.0.1:$http (transport $transport, heap $ES_HEAP, java $ES_JAVA)"
+  log "starting Elasticsearch $ES_VERSION on $(base_url) (transport $transport, heap $ES_HEAP, java $ES_JAVA)"
   echo "=== start $(date -u +%FT%TZ) ===" >>"$ES_CONSOLE"
   chown "$SLUICE_SERVICE_USER:" "$ES_CONSOLE"
   # setsid: own session, so a Ctrl-C or hangup of the caller does not reach the JVMs. The subshell
@@ -370,7 +470,7 @@ cmd_start() {
   trap stop_unless_started EXIT
   local t0=$SECONDS
   wait_ready
-  log "elasticsearch answered after $((SECONDS - t0))s"
+  log "$ES_INSTANCE answered after $((SECONDS - t0))s"
   publish_env
   START_OK=1
 }
@@ -385,7 +485,7 @@ stop_processes() {
 }
 
 cmd_stop() {
-  exec 9>"$SLUICE_STATE_DIR/.elasticsearch.lock"
+  exec 9>"$ES_LOCK"
   flock 9
   stop_processes
 }
@@ -401,7 +501,7 @@ stop_unless_started() {
 
 cmd_env() {
   if ! ours "$ES_LAUNCHER_PID" || [ ! -s "$ES_ENV_FILE" ]; then
-    log "elasticsearch is not running"
+    log "$ES_INSTANCE is not running"
     exit 1
   fi
   cat "$ES_ENV_FILE"
@@ -410,7 +510,7 @@ cmd_env() {
 # cmd_fetch: the distribution with the analysis shim, for the local container image.
 cmd_fetch() {
   require_tools
-  ES_JAVA=$(java_home_at_least 21) || die "no JDK 21+ in /usr/lib/jvm (Elasticsearch 9 needs one)"
+  ES_JAVA=$(java_home_at_least "$ES_JAVA_MIN") || die "no JDK $ES_JAVA_MIN+ in /usr/lib/jvm (Elasticsearch $ES_VERSION needs one)"
   install_distribution
   install_analysis_shim
   echo "$ES_HOME"
@@ -419,9 +519,9 @@ cmd_fetch() {
 cmd_clean() {
   cmd_stop
   log "deleting $ES_STATE"
-  rm -rf "$ES_STATE" "$ES_ENV_FILE" "$SLUICE_STATE_DIR/.elasticsearch.lock"
-  forget_port elasticsearch
-  forget_port elasticsearch-transport
+  rm -rf "$ES_STATE" "$ES_ENV_FILE" "$ES_LOCK"
+  forget_port "$ES_INSTANCE"
+  forget_port "$ES_INSTANCE-transport"
 }
 
 case "${1:-}" in
@@ -431,7 +531,7 @@ case "${1:-}" in
   clean) cmd_clean ;;
   fetch) cmd_fetch ;;
   *)
-    echo "usage: $0 start|stop|env|clean|fetch" >&2
+    echo "usage: $ES_SELF start|stop|env|clean|fetch" >&2
     exit 2
     ;;
 esac

@@ -12,6 +12,7 @@ SLUICE_CACHE_DIR=${SLUICE_CACHE_DIR:-/var/cache/sluice}
 SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}
 # The unprivileged OS user that runs the JVM services (they refuse to run as root).
 SLUICE_SERVICE_USER=${SLUICE_SERVICE_USER:-sluice}
+# shellcheck disable=SC2034 # used by the scripts that source this file
 DEPLOY_LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 mkdir -p "$SLUICE_CACHE_DIR" "$SLUICE_STATE_DIR"
@@ -140,7 +141,7 @@ maven_fetch() {
 # newest one installed.
 java_home_at_least() {
   local want=$1 dir ver
-  for dir in $(ls -d /usr/lib/jvm/*/ 2>/dev/null | sort -rV); do
+  for dir in $(printf '%s\n' /usr/lib/jvm/*/ | sort -rV); do
     [ -x "$dir/bin/java" ] || continue
     ver=$("$dir/bin/java" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
     if [ -n "$ver" ] && [ "${ver%%.*}" -ge "$want" ]; then
@@ -149,4 +150,82 @@ java_home_at_least() {
     fi
   done
   return 1
+}
+
+# The test CA of the TLS clusters, in $SLUICE_STATE_DIR/tls (made once, shared by every instance
+# that serves TLS): ca.crt is what a client trusts (SLUICE_TEST_*_CA). The server certificates it
+# issues name IP:127.0.0.1 and DNS:$SLUICE_TLS_DNS_NAME only, never `localhost`, so a test reaches a
+# wrong-host-name case with https://localhost:PORT. The CA is a CA only and each server has its own
+# leaf certificate (rustls/webpki refuse a CA certificate presented as the server's own), with the
+# basicConstraints, keyUsage, extendedKeyUsage=serverAuth and subjectAltName that webpki checks.
+SLUICE_TLS_DIR=$SLUICE_STATE_DIR/tls
+SLUICE_TLS_DNS_NAME=sluice-local.test
+
+# tls_ca: makes the CA once; prints the path of its certificate (PEM).
+tls_ca() {
+  (
+    flock 7
+    tls_ca_locked
+  ) 7>"$SLUICE_STATE_DIR/.tls.lock"
+  echo "$SLUICE_TLS_DIR/ca.crt"
+}
+
+tls_ca_locked() {
+  [ -s "$SLUICE_TLS_DIR/ca.crt" ] && [ -s "$SLUICE_TLS_DIR/ca.key" ] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  log "making the test CA in $SLUICE_TLS_DIR"
+  mkdir -p "$SLUICE_TLS_DIR"
+  chmod 755 "$SLUICE_TLS_DIR"
+  # A new CA invalidates every certificate the old one issued.
+  rm -f "$SLUICE_TLS_DIR"/*.crt "$SLUICE_TLS_DIR"/*.key "$SLUICE_TLS_DIR"/*.srl
+  local tmp
+  tmp=$(mktemp -d "$SLUICE_TLS_DIR/.ca.XXXXXX")
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=sluice local clusters test CA" \
+    -keyout "$tmp/ca.key" -out "$tmp/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -addext "subjectKeyIdentifier=hash" >"$tmp/openssl.log" 2>&1 ||
+    { cat "$tmp/openssl.log" >&2; rm -rf "$tmp"; die "openssl could not make the test CA"; }
+  chmod 600 "$tmp/ca.key"
+  chmod 644 "$tmp/ca.crt"
+  mv "$tmp/ca.key" "$SLUICE_TLS_DIR/ca.key"
+  mv "$tmp/ca.crt" "$SLUICE_TLS_DIR/ca.crt"
+  rm -rf "$tmp"
+}
+
+# tls_server_cert NAME [EKU]: issues (once) the server certificate NAME.crt (leaf, PEM) and its key
+# NAME.key (unencrypted PKCS#8 PEM, mode 600) in $SLUICE_TLS_DIR, signed by the test CA. EKU is the
+# extendedKeyUsage (default serverAuth; "serverAuth,clientAuth" for a node-to-node transport
+# certificate).
+tls_server_cert() {
+  local name=$1 eku=${2:-serverAuth}
+  tls_ca >/dev/null
+  (
+    flock 7
+    [ -s "$SLUICE_TLS_DIR/$name.crt" ] && [ -s "$SLUICE_TLS_DIR/$name.key" ] && exit 0
+    log "issuing the server certificate $SLUICE_TLS_DIR/$name.crt (IP:127.0.0.1, DNS:$SLUICE_TLS_DNS_NAME)"
+    local tmp
+    tmp=$(mktemp -d "$SLUICE_TLS_DIR/.$name.XXXXXX")
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=$eku" \
+      "subjectAltName=IP:127.0.0.1,DNS:$SLUICE_TLS_DNS_NAME" \
+      "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" >"$tmp/ext.cnf"
+    if ! {
+      openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$SLUICE_TLS_DNS_NAME" \
+        -keyout "$tmp/server.key" -out "$tmp/server.csr" &&
+        openssl x509 -req -in "$tmp/server.csr" -CA "$SLUICE_TLS_DIR/ca.crt" \
+          -CAkey "$SLUICE_TLS_DIR/ca.key" -set_serial "0x$(openssl rand -hex 16)" -days 3650 \
+          -extfile "$tmp/ext.cnf" -out "$tmp/server.crt"
+    } >"$tmp/openssl.log" 2>&1; then
+      cat "$tmp/openssl.log" >&2
+      rm -rf "$tmp"
+      die "openssl could not issue the server certificate $name"
+    fi
+    chmod 600 "$tmp/server.key"
+    chmod 644 "$tmp/server.crt"
+    mv "$tmp/server.key" "$SLUICE_TLS_DIR/$name.key"
+    mv "$tmp/server.crt" "$SLUICE_TLS_DIR/$name.crt"
+    rm -rf "$tmp"
+  ) 7>"$SLUICE_STATE_DIR/.tls.lock"
 }

@@ -7,7 +7,7 @@
 #
 #   deploy/local/test.sh [extra cargo test arguments]
 set -euo pipefail
-SERVICE=test
+SERVICE='test'
 . "$(dirname "$0")/lib.sh"
 cd "$DEPLOY_LOCAL_DIR/../.."
 
@@ -21,6 +21,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Every service in parallel: Postgres, Kafka and the five search clusters (OpenSearch 2.19.6, 3.3.2
+# and 2.19.4 with the security plugin; Elasticsearch 9.2.4 and 8.19.7 over HTTPS). The slowest JVM
+# sets the time, about 2 to 3 minutes on 2 cores (docs/development.md).
 eval "$(deploy/local/up.sh)"
 
 log "cargo fmt --check"
@@ -32,6 +35,8 @@ log "cargo build --bins"
 cargo build --locked --workspace --bins
 log "cargo test"
 cargo test --locked --workspace --no-fail-fast "$@"
+# The second clusters (SLUICE_TEST_ELASTICSEARCH8_*, SLUICE_TEST_OPENSEARCH3_URL,
+# SLUICE_TEST_OPENSEARCH_SECURE_*) are exported above: test runs that need only them go here.
 log "image and compose end-to-end test"
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Starts the real services on 127.0.0.1 and prints their endpoints as `export` lines:
 #
-#   eval "$(deploy/local/up.sh)"                 # Postgres, Kafka, OpenSearch, Elasticsearch
+#   eval "$(deploy/local/up.sh)"                 # all of them (ALL below)
 #   eval "$(deploy/local/up.sh postgres kafka)"  # only some of them
+#   eval "$(deploy/local/up.sh elasticsearch8 opensearch3)"
+#
+# Services: postgres, kafka, opensearch (2.19.6), elasticsearch (9.2.4, HTTP), elasticsearch8
+# (8.19.7, HTTPS, token service), opensearch3 (3.3.2, HTTP), opensearch-secure (2.19.4 with the
+# security plugin: HTTPS, basic auth). With no arguments all of them start, as the test suite needs
+# them all: the five JVMs take about 0.8 GB of memory each (512m heap), well within the machine's
+# 24 GiB; what they cost is CPU while they start on its 2 cores (see docs/development.md).
 #
 # Idempotent: services already running are left alone. The services start in parallel; each
 # waits until it answers a real request. The lines are also written to $SLUICE_STATE_DIR/env.
@@ -11,7 +18,7 @@ set -euo pipefail
 SERVICE=up
 . "$(dirname "$0")/lib.sh"
 
-ALL=(postgres kafka opensearch elasticsearch)
+ALL=(postgres kafka opensearch elasticsearch elasticsearch8 opensearch3 opensearch-secure)
 services=("$@")
 [ ${#services[@]} -gt 0 ] || services=("${ALL[@]}")
 for s in "${services[@]}"; do
