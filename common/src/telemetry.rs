@@ -33,8 +33,17 @@ pub enum TelemetryError {
 /// Sets up `tracing` to write to stderr, as human-readable or JSON lines. Calling it again is a
 /// no-op (tests run several pipelines in one process).
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
+    // The platform verifier logs every refused certificate as an ERROR of its own; the process
+    // reports it once, with the fix.
+    let quiet;
+    let with_quiet = if filter.contains("rustls_platform_verifier") {
+        filter
+    } else {
+        quiet = format!("{filter},rustls_platform_verifier=off");
+        &quiet
+    };
     let env_filter =
-        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| TelemetryError::Filter {
+        tracing_subscriber::EnvFilter::try_new(with_quiet).map_err(|e| TelemetryError::Filter {
             filter: filter.to_owned(),
             message: e.to_string(),
         })?;

@@ -91,17 +91,19 @@ pub fn certificate_problem(
 ) -> Option<String> {
     let mut current = Some(error);
     while let Some(error) = current {
-        // io::Error's own source skips the error it wraps, so look inside it too.
-        let inner = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &(dyn std::error::Error + 'static));
-        for candidate in [Some(error), inner].into_iter().flatten() {
+        // io::Error's own source skips the error it wraps (and connectors nest them), so look
+        // inside every layer of io::Error too.
+        let mut candidate = Some(error);
+        while let Some(layer) = candidate {
             if let Some(rustls::Error::InvalidCertificate(problem)) =
-                candidate.downcast_ref::<rustls::Error>()
+                layer.downcast_ref::<rustls::Error>()
             {
                 return Some(describe(problem, ca_field, hostname_fix));
             }
+            candidate = layer
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &(dyn std::error::Error + 'static));
         }
         current = error.source();
     }
@@ -139,8 +141,10 @@ mod tests {
 
     #[test]
     fn a_refused_certificate_inside_an_io_error_is_described_with_its_fix() {
-        let error = std::io::Error::other(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
+        // As hyper's connector hands it over: an io::Error in an io::Error.
+        let error = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
         ));
         let text = certificate_problem(&error, "elasticsearch.ca_file", "x").unwrap();
         assert!(text.contains("not signed by a trusted CA"), "{text}");

@@ -228,6 +228,55 @@ impl TestContext {
         .await?
     }
 
+    /// Every topic of this test with its end offsets, and what each of the test's sinks' groups
+    /// committed on it: what a failing wait prints, to tell a producer that published nothing
+    /// from a consumer that read nothing.
+    pub async fn kafka_report(&self) -> String {
+        let consumer: BaseConsumer = match self.kafka_config().create() {
+            Ok(consumer) => consumer,
+            Err(error) => return format!("kafka report: {error}"),
+        };
+        let prefixes = (format!("{}.", self.topic_prefix), self.group.clone());
+        let listed =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<String>, Vec<String>)> {
+                let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+                let topics = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .filter(|n| n.starts_with(&prefixes.0) || n.starts_with(&prefixes.1))
+                    .collect();
+                let groups = consumer
+                    .fetch_group_list(None, Duration::from_secs(10))?
+                    .groups()
+                    .iter()
+                    .map(|g| g.name().to_owned())
+                    .filter(|n| n.starts_with(&prefixes.1))
+                    .collect();
+                Ok((topics, groups))
+            })
+            .await;
+        let (topics, groups) = match listed {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(error)) => return format!("kafka report: {error}"),
+            Err(error) => return format!("kafka report: {error}"),
+        };
+        let mut lines = Vec::new();
+        for topic in &topics {
+            let ends = self.end_offsets(topic).await.unwrap_or_default();
+            lines.push(format!("topic {topic}: end offsets {ends:?}"));
+            for group in &groups {
+                if let Ok(committed) = self.committed_offsets(group, topic).await
+                    && !committed.is_empty()
+                {
+                    lines.push(format!("  group {group} committed {committed:?}"));
+                }
+            }
+        }
+        lines.push(format!("groups: {groups:?}"));
+        lines.join("\n")
+    }
+
     /// Waits until `topic` has messages and `group` has committed every partition up to its end.
     pub async fn wait_committed_to_end(
         &self,

@@ -3,7 +3,8 @@
 //! `run` at start with exit 1 and the fix; over HTTPS (Elasticsearch 8.19 with a certificate of
 //! the throwaway test CA) the CA file makes it work, no CA file or a host name the certificate
 //! does not carry stop `run` at start with the certificate problem and the fix (not an endless
-//! retry), and `verify_hostname: false` accepts the host name with one warning.
+//! retry), and `verify_hostname: false` accepts the host name with one warning; OpenSearch with
+//! its security plugin (2.19.4, HTTPS, basic auth) likewise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
@@ -66,6 +67,11 @@ async fn refused(
     assert!(
         last.contains(problem),
         "{what}: the last line is the error: {output}"
+    );
+    assert_eq!(
+        output.matches(" ERROR ").count(),
+        0,
+        "{what}: the error is printed once, not logged too: {output}"
     );
 }
 
@@ -218,6 +224,55 @@ async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_to
         &url,
         &format!("      auth: {{ type: bearer, token: \"not-{token}\" }}\n      ca_file: {ca}\n"),
         "wrong bearer token",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    context.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opensearch_with_its_security_plugin_over_https_with_basic_auth() {
+    let context = TestContext::new("access_os_tls").await.unwrap();
+    let url = env("SLUICE_TEST_OPENSEARCH_SECURE_URL");
+    let ca = env("SLUICE_TEST_OPENSEARCH_SECURE_CA");
+    let user = env("SLUICE_TEST_OPENSEARCH_SECURE_USER");
+    let password = env("SLUICE_TEST_OPENSEARCH_SECURE_PASSWORD");
+    assert!(url.starts_with("https://"), "{url}");
+    let basic =
+        format!("      auth: {{ type: basic, username: {user}, password: \"{password}\" }}\n");
+    accepted(
+        &context,
+        &url,
+        &format!("{basic}      ca_file: {ca}\n"),
+        "basic over https",
+    )
+    .await;
+    refused(
+        &context,
+        &url,
+        &basic,
+        "https without the CA file",
+        "not signed by a trusted CA",
+        "set elasticsearch.ca_file",
+    )
+    .await;
+    refused(
+        &context,
+        &url,
+        &format!(
+            "      auth: {{ type: basic, username: {user}, password: \"wrong-{password}\" }}\n      ca_file: {ca}\n"
+        ),
+        "wrong password",
+        "HTTP 401",
+        "elasticsearch.auth",
+    )
+    .await;
+    refused(
+        &context,
+        &url,
+        &format!("      ca_file: {ca}\n"),
+        "no auth on a secured cluster",
         "HTTP 401",
         "elasticsearch.auth",
     )

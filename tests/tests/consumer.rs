@@ -45,7 +45,7 @@ async fn wait_for_documents(
     index: &str,
     expected: &BTreeMap<String, serde_json::Value>,
 ) -> BTreeMap<String, Doc> {
-    eventually(
+    let result = eventually(
         WAIT,
         &format!("index {index} holds {expected:?}"),
         || async {
@@ -61,8 +61,11 @@ async fn wait_for_documents(
             }
         },
     )
-    .await
-    .unwrap()
+    .await;
+    match result {
+        Ok(docs) => docs,
+        Err(error) => panic!("{error:#}\n{}", context.kafka_report().await),
+    }
 }
 
 /// The commit LSN of the last event of every key on `topic` (what the document's version must
