@@ -106,7 +106,8 @@ impl SinkStats {
             commit_to_indexed: metrics::histogram!(names::CONSUMER_END_TO_END_SECONDS, "sink" => label.clone()),
             last_bulk_success: metrics::gauge!(names::CONSUMER_LAST_BULK_SUCCESS, "sink" => label),
         };
-        handles.last_bulk_success.set(0.0);
+        // Until the first success: the sink's start, so "no success for N minutes" counts from it.
+        handles.last_bulk_success.set(now_micros() as f64 / 1e6);
         Self {
             sink: sink.to_owned(),
             topic: topic.to_owned(),

@@ -124,6 +124,20 @@ else
   not_ok "rendered ServiceMonitor" "$WORK/check.out"
 fi
 
+# The PrometheusRule (same CRD situation) carries exactly the rules of files/alerts.yaml, which
+# deploy/prometheus/test.sh checks and unit-tests with promtool.
+if render "$WORK/rules.yaml" -f "$TESTS/values/minimal.yaml" --set prometheusRule.enabled=true &&
+  python3 - "$WORK/rules.yaml" "$CHART/files/alerts.yaml" >"$WORK/check.out" 2>&1 <<'PY'; then
+import sys, yaml
+rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "PrometheusRule"]
+assert len(rules) == 1, f"{len(rules)} PrometheusRules rendered"
+assert rules[0]["spec"] == yaml.safe_load(open(sys.argv[2])), "spec differs from files/alerts.yaml"
+PY
+  ok "rendered PrometheusRule holds files/alerts.yaml"
+else
+  not_ok "rendered PrometheusRule holds files/alerts.yaml" "$WORK/check.out"
+fi
+
 # Broken values the chart renders but the API server refuses: unknown fields, wrong types and
 # invalid values are caught by the server's validation, not by the chart.
 for broken in "$TESTS"/server-refuses/*.yaml; do

@@ -33,10 +33,21 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo build --bins"
 # End-to-end tests run the real binaries (kill -9, SIGTERM, exit codes).
 cargo build --locked --workspace --bins
+# The alerting rules with promtool (and it installs the Prometheus tests/tests/alerts.rs runs).
+log "alerting rules"
+deploy/prometheus/test.sh
 log "cargo test"
 cargo test --locked --workspace --no-fail-fast "$@"
-# The second clusters (SLUICE_TEST_ELASTICSEARCH8_*, SLUICE_TEST_OPENSEARCH3_URL,
-# SLUICE_TEST_OPENSEARCH_SECURE_*) are exported above: test runs that need only them go here.
+# The same consumer suite on the other clusters: Elasticsearch 8.19 over HTTPS with OpenSearch
+# 3.3, then its OpenSearch half on OpenSearch 2.19 with the security plugin (HTTPS, basic auth).
+# (cargo test above ran it on Elasticsearch 9.2 and OpenSearch 2.19; cluster_access.rs covers
+# TLS and every auth type.)
+log "consumer suite on Elasticsearch 8.19 (HTTPS) and OpenSearch 3.3"
+SLUICE_TEST_ELASTICSEARCH_INSTANCE=elasticsearch8 SLUICE_TEST_OPENSEARCH_INSTANCE=opensearch3 \
+  cargo test --locked -p sluice-tests --test consumer
+log "consumer suite on OpenSearch 2.19 with its security plugin"
+SLUICE_TEST_OPENSEARCH_INSTANCE=opensearch_secure \
+  cargo test --locked -p sluice-tests --test consumer -- opensearch
 log "image and compose end-to-end test"
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.

@@ -6,6 +6,7 @@
 //! so tests run in parallel and never share state; dropping the context removes all of them.
 
 pub mod fold;
+pub mod proxy;
 pub mod sink;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -651,9 +652,18 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `binary args…`, logging to `log`.
+    /// Starts `binary args…` (one of the project's binaries), logging to `log`.
     pub fn start(
         binary_name: &str,
+        args: &[&str],
+        log: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        Self::start_program(&binary(binary_name)?, args, log)
+    }
+
+    /// Starts any `program args…`, logging to `log`.
+    pub fn start_program(
+        program: &std::path::Path,
         args: &[&str],
         log: std::path::PathBuf,
     ) -> anyhow::Result<Self> {
@@ -661,7 +671,7 @@ impl Process {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = tokio::process::Command::new(binary(binary_name)?)
+        let child = tokio::process::Command::new(program)
             .args(args)
             .stdout(output.try_clone()?)
             .stderr(output)

@@ -450,10 +450,29 @@ impl TestContext {
         Ok(Pipeline { producer, consumer })
     }
 
-    /// Waits until a producer streams from the test's slot.
+    /// Waits until a producer streams from the test's slot: changes committed from now on reach
+    /// the topic.
+    ///
+    /// An active slot alone does not prove it: the slot is active while it is being created
+    /// (before its consistent point) and during a first session that fails and starts again.
+    /// So a sentinel message is committed once the slot is active, and the wait ends when the
+    /// slot's confirmed LSN passes it.
     pub async fn wait_streaming(&self) -> anyhow::Result<()> {
-        crate::eventually(Duration::from_secs(60), "producer streaming", || async {
+        let wait = Duration::from_secs(60);
+        crate::eventually(wait, "producer streaming", || async {
             Ok(self.slot_active().await?.then_some(()))
+        })
+        .await?;
+        let db = self.postgres().await?;
+        let sentinel: i64 = db
+            .query_one(
+                "SELECT (pg_logical_emit_message(true, 'sluice-test', 'streaming') - '0/0'::pg_lsn)::bigint",
+                &[],
+            )
+            .await?
+            .get(0);
+        crate::eventually(wait, "the producer confirmed a sentinel", || async {
+            Ok((self.confirmed_lsn().await? >= sentinel as u64).then_some(()))
         })
         .await
     }

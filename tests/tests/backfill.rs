@@ -485,10 +485,11 @@ async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
             .query_one("SELECT to_regclass('sluice.backfills') IS NOT NULL", &[])
             .await?
             .get::<_, bool>(0);
-        Ok((ready && context.slot_active().await?).then_some(()))
+        Ok(ready.then_some(()))
     })
     .await
     .unwrap();
+    context.wait_streaming().await.unwrap();
     let listen = "127.0.0.1:0";
     let config = context.write_config(&command_yaml).unwrap();
 

@@ -242,13 +242,8 @@ async fn streaming_producer(
 ) {
     let config = context.config(&context.config_yaml(tables, "")).unwrap();
     let running = context.spawn_producer(config);
-    // A walsender holding the slot means setup (publication included) is done: every change
-    // committed from now on is streamed.
-    eventually(WAIT, "producer streaming", || async {
-        Ok(context.slot_active().await?.then_some(()))
-    })
-    .await
-    .unwrap();
+    // Every change committed from now on is streamed.
+    context.wait_streaming().await.unwrap();
     running
 }
 

@@ -88,7 +88,7 @@ pub fn describe() {
     describe_gauge!(
         CONSUMER_LAST_BULK_SUCCESS,
         Unit::Seconds,
-        "Unix time of the sink's last successful bulk request (0: none yet), by sink"
+        "Unix time of the sink's last successful bulk request (its start until the first), by sink"
     );
     describe_counter!(
         CONSUMER_EVENTS,
