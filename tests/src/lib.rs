@@ -7,6 +7,7 @@
 
 pub mod fold;
 pub mod sink;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
