@@ -366,7 +366,12 @@ async fn abort_dry_run_and_bad_input() {
     .await
     .unwrap();
     first.kill9().await.unwrap();
-    if alias_targets(&context, cluster, "items").await == [context.index("items-v1")] {
+    assert_eq!(
+        alias_targets(&context, cluster, "items").await,
+        [context.index("items-v1")],
+        "killed before the swap"
+    );
+    {
         let (client, base) = context.cluster(cluster);
         client
             .put(format!("{base}/{}/_settings", context.index("items-v1")))
