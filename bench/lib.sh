@@ -139,3 +139,35 @@ build_producer() {
     SOURCE_STATE+=" with uncommitted changes in producer/common/proto"
   fi
 }
+
+# local_services: the endpoints of deploy/local (the SLUICE_TEST_* variables, from the
+# environment or $SLUICE_STATE_DIR/env) as ENDPOINT, API_KEY, PSQL, BROKERS, PG_BASE, SSL and
+# TARGET_DIR (the release binaries), and admin_sql SQL, db_sql SQL (on database $DB) and
+# es METHOD PATH [BODY] to use them.
+local_services() {
+  SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}
+  if [ -z "${SLUICE_TEST_PG_URL:-}" ] || [ -z "${SLUICE_TEST_ELASTICSEARCH_URL:-}" ]; then
+    [ -r "$SLUICE_STATE_DIR/env" ] || die "no $SLUICE_STATE_DIR/env: start the services with deploy/local/up.sh"
+    set -a
+    # shellcheck disable=SC1091
+    . "$SLUICE_STATE_DIR/env"
+    set +a
+  fi
+  ENDPOINT=${SLUICE_TEST_ELASTICSEARCH_URL:?}
+  API_KEY=${SLUICE_TEST_ELASTICSEARCH_API_KEY:?}
+  PSQL=$SLUICE_TEST_PG_BINDIR/psql
+  BROKERS=$SLUICE_TEST_KAFKA_BROKERS
+  PG_BASE=${SLUICE_TEST_PG_URL%/*}
+  SSL="sslmode=verify-ca&sslrootcert=$SLUICE_TEST_PG_CA"
+  # shellcheck disable=SC2034 # used by the scripts that call this
+  TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
+  # shellcheck disable=SC2317 # called by the scripts
+  admin_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$PG_BASE/postgres?$SSL" -c "$1"; }
+  # shellcheck disable=SC2317
+  db_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$PG_BASE/$DB?$SSL" -c "$1"; }
+  # es METHOD PATH [BODY]: the API key goes to curl on stdin, never on a command line.
+  es() {
+    printf 'header = "Authorization: ApiKey %s"\n' "$API_KEY" |
+      curl -sS -K - -X "$1" -H 'Content-Type: application/json' "$ENDPOINT/$2" ${3:+--data-binary "$3"}
+  }
+}

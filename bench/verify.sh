@@ -26,34 +26,13 @@ set -euo pipefail
 N=${BENCH_ROWS:-10000000}
 DRIFT=${BENCH_DRIFT:-100}
 LOAD_TIMEOUT=${BENCH_LOAD_TIMEOUT:-3600}
-SLUICE_STATE_DIR=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}
 require_time
-if [ -z "${SLUICE_TEST_PG_URL:-}" ] || [ -z "${SLUICE_TEST_ELASTICSEARCH_URL:-}" ]; then
-  [ -r "$SLUICE_STATE_DIR/env" ] || die "no $SLUICE_STATE_DIR/env: start the services with deploy/local/up.sh"
-  set -a
-  # shellcheck disable=SC1091
-  . "$SLUICE_STATE_DIR/env"
-  set +a
-fi
-ENDPOINT=${SLUICE_TEST_ELASTICSEARCH_URL:?}
-API_KEY=${SLUICE_TEST_ELASTICSEARCH_API_KEY:?}
-PSQL=$SLUICE_TEST_PG_BINDIR/psql
-BROKERS=$SLUICE_TEST_KAFKA_BROKERS
-PG_BASE=${SLUICE_TEST_PG_URL%/*}
-SSL="sslmode=verify-ca&sslrootcert=$SLUICE_TEST_PG_CA"
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
+local_services
 
 WORK=$(mktemp -d)
 ID="verify_$(date +%s)"
 DB="sluice_$ID"
 SINK="bench-${ID#verify_}"
-admin_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$PG_BASE/postgres?$SSL" -c "$1"; }
-db_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$PG_BASE/$DB?$SSL" -c "$1"; }
-# es METHOD PATH [BODY]: the API key goes to curl on stdin, never on a command line.
-es() {
-  printf 'header = "Authorization: ApiKey %s"\n' "$API_KEY" |
-    curl -sS -K - -X "$1" -H 'Content-Type: application/json' "$ENDPOINT/$2" ${3:+--data-binary "$3"}
-}
 
 PIDS=()
 cleanup() {

@@ -190,6 +190,11 @@ pub async fn status(config: Config) -> Result<(), Error> {
             }
         }
         render_members(&mut out, &config, &sink.name).await;
+        out.push_str(
+            &crate::rebuild::describe(&config, sink)
+                .await
+                .unwrap_or_default(),
+        );
     }
     print!("{out}");
     Ok(())
@@ -250,7 +255,7 @@ async fn render_members(out: &mut String, config: &Config, sink: &str) {
 }
 
 /// The members of `group`: client id, host, and where it serves `/status`.
-async fn members(
+pub(crate) async fn members(
     config: &Config,
     group: &str,
 ) -> Result<Vec<(String, String, Option<std::net::SocketAddr>)>, Error> {
@@ -310,43 +315,45 @@ pub(crate) async fn lag(
     .create()
     .map_err(Error::kafka("creating a group client"))?;
     let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .map_err(Error::kafka(format!("reading the metadata of {topic}")))?;
-        let Some(found) = metadata.topics().first().filter(|t| t.error().is_none()) else {
-            return Ok(Vec::new());
+    tokio::task::spawn_blocking(move || read_lag(&consumer, &topic)).await?
+}
+
+/// [`lag`] through a client of the group (blocking).
+pub(crate) fn read_lag(consumer: &BaseConsumer, topic: &str) -> Result<Vec<PartitionLag>, Error> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .map_err(Error::kafka(format!("reading the metadata of {topic}")))?;
+    let Some(found) = metadata.topics().first().filter(|t| t.error().is_none()) else {
+        return Ok(Vec::new());
+    };
+    let mut list = TopicPartitionList::new();
+    for partition in found.partitions() {
+        list.add_partition(topic, partition.id());
+    }
+    let committed = consumer
+        .committed_offsets(list, KAFKA_TIMEOUT)
+        .map_err(Error::kafka(format!(
+            "reading the committed offsets of {topic}"
+        )))?;
+    let mut rows = Vec::new();
+    for element in committed.elements() {
+        let partition = element.partition();
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, KAFKA_TIMEOUT)
+            .map_err(Error::kafka(format!("reading the offsets of {topic}")))?;
+        let committed = match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
         };
-        let mut list = TopicPartitionList::new();
-        for partition in found.partitions() {
-            list.add_partition(&topic, partition.id());
-        }
-        let committed = consumer
-            .committed_offsets(list, KAFKA_TIMEOUT)
-            .map_err(Error::kafka(format!(
-                "reading the committed offsets of {topic}"
-            )))?;
-        let mut rows = Vec::new();
-        for element in committed.elements() {
-            let partition = element.partition();
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition, KAFKA_TIMEOUT)
-                .map_err(Error::kafka(format!("reading the offsets of {topic}")))?;
-            let committed = match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            };
-            let lag = high - committed.unwrap_or(low).max(low);
-            rows.push(PartitionLag {
-                partition,
-                committed,
-                earliest: low,
-                end: high,
-                lag,
-            });
-        }
-        rows.sort_unstable();
-        Ok(rows)
-    })
-    .await?
+        let lag = high - committed.unwrap_or(low).max(low);
+        rows.push(PartitionLag {
+            partition,
+            committed,
+            earliest: low,
+            end: high,
+            lag,
+        });
+    }
+    rows.sort_unstable();
+    Ok(rows)
 }

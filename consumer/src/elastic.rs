@@ -36,6 +36,7 @@
 mod api;
 mod client;
 pub(crate) mod deliver;
+mod indices;
 #[cfg(test)]
 pub(crate) mod memory;
 mod request;

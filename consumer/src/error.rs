@@ -60,6 +60,9 @@ pub enum Error {
     /// `check` found problems (already printed with their fixes).
     #[error("{0}")]
     Check(String),
+    /// A command (`rebuild`, `replay`) cannot do what it was asked: why, and the fix.
+    #[error("{0}")]
+    Command(String),
 }
 
 impl Error {
@@ -78,7 +81,8 @@ impl Error {
             | Self::Task(_)
             | Self::Interrupted
             | Self::Table { .. }
-            | Self::Check(_) => Action::Stop,
+            | Self::Check(_)
+            | Self::Command(_) => Action::Stop,
         }
     }
 

@@ -19,6 +19,8 @@ mod error;
 pub mod event;
 mod kafka;
 pub mod offsets;
+mod rebuild;
+mod replay;
 pub mod route;
 pub mod script;
 mod sink;
@@ -30,6 +32,8 @@ use std::time::Duration;
 
 pub use commands::{check, status};
 pub use error::{Action, Error};
+pub use rebuild::{Options as RebuildOptions, rebuild};
+pub use replay::{From as ReplayFrom, Options as ReplayOptions, parse_time, replay};
 use serde_json::Value;
 use sluice_common::config::{Config, JsonSource, Problem};
 use sluice_common::shutdown::CancellationToken;

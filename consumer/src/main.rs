@@ -51,6 +51,51 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: std::time::Duration,
     },
+    /// Rebuild the sink's index behind its alias without downtime: fill `{index}-v{n+1}` from
+    /// the start of the topic, swap the alias, keep `--keep-old` older versions.
+    Rebuild(RebuildArgs),
+    /// Move the sink's consumer group back so it writes the topic again (safe by versions).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RebuildArgs {
+    /// The sink whose index to rebuild.
+    sink: String,
+    /// Settings of the new index (a JSON object file) instead of the sink's.
+    #[arg(long, value_name = "FILE")]
+    settings: Option<std::path::PathBuf>,
+    /// Mappings of the new index (a JSON object file) instead of the sink's.
+    #[arg(long, value_name = "FILE")]
+    mappings: Option<std::path::PathBuf>,
+    /// Older versions to keep after the swap; older ones are deleted.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    keep_old: usize,
+    /// Print the plan and change nothing.
+    #[arg(long, conflicts_with = "abort")]
+    dry_run: bool,
+    /// Undo an interrupted rebuild: lift the write block, delete the unfinished index.
+    #[arg(long)]
+    abort: bool,
+    /// Longest the old index stays write-blocked while the rebuild reads its last events.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    max_block: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("from").required(true))]
+struct ReplayArgs {
+    /// The sink whose group to move.
+    sink: String,
+    /// Replay the whole topic.
+    #[arg(long, group = "from")]
+    from_beginning: bool,
+    /// Replay from this time: RFC 3339 (2025-01-31T12:00:00Z) or a duration ago (2h).
+    #[arg(long, group = "from", value_name = "T", value_parser = sluice_consumer::parse_time)]
+    from_time: Option<std::time::SystemTime>,
+    /// Wait for the group's running members to stop instead of refusing.
+    #[arg(long)]
+    wait: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +110,9 @@ fn main() -> ExitCode {
     let named = match &cli.command {
         Command::Run { sink: Some(name) } => Some(("--sink ", name)),
         Command::Verify { sink, .. } => Some(("", sink)),
+        Command::Rebuild(RebuildArgs { sink, .. }) | Command::Replay(ReplayArgs { sink, .. }) => {
+            Some(("", sink))
+        }
         _ => None,
     };
     if let Some((flag, name)) = named
@@ -113,6 +161,33 @@ fn main() -> ExitCode {
                 };
                 // `false`: drift found; the report said what differs.
                 sluice_consumer::verify(config, options).await
+            }
+            Command::Rebuild(args) => {
+                let options = sluice_consumer::RebuildOptions {
+                    sink: args.sink,
+                    settings: args.settings,
+                    mappings: args.mappings,
+                    keep_old: args.keep_old,
+                    dry_run: args.dry_run,
+                    abort: args.abort,
+                    max_block: args.max_block,
+                };
+                sluice_consumer::rebuild(config, options, shutdown::on_signals())
+                    .await
+                    .map(|()| true)
+            }
+            Command::Replay(args) => {
+                let options = sluice_consumer::ReplayOptions {
+                    sink: args.sink,
+                    from: match args.from_time {
+                        Some(time) => sluice_consumer::ReplayFrom::Time(time),
+                        None => sluice_consumer::ReplayFrom::Beginning,
+                    },
+                    wait: args.wait,
+                };
+                sluice_consumer::replay(config, options, shutdown::on_signals())
+                    .await
+                    .map(|()| true)
             }
         }
     });

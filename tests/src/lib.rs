@@ -8,6 +8,7 @@
 pub mod fold;
 pub mod proxy;
 pub mod sink;
+pub mod traffic;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -7,7 +7,9 @@
 //!   `document_parsing_exception` (a mapping conflict);
 //! * a request carrying an id of [`MemoryIndex::too_large`] fails as a whole with 413;
 //! * [`MemoryIndex::busy`] makes an item answer 429 a number of times, and
-//!   [`MemoryIndex::unavailable`] whole requests 503.
+//!   [`MemoryIndex::unavailable`] whole requests 503;
+//! * [`State::blocked`] makes writes to an index answer what a write-blocked index answers
+//!   (403 `cluster_block_exception`, read through the real response parser) a number of times.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -34,6 +36,8 @@ pub struct State {
     pub refuse_delete: HashSet<String>,
     /// How many more times an id answers 429.
     pub busy: HashMap<String, usize>,
+    /// Index → how many more writes to it answer as a write-blocked index does.
+    pub blocked: HashMap<String, usize>,
     /// How many more bulk requests fail as a whole with 503.
     pub unavailable: usize,
     /// The number of operations of every bulk request received, in order.
@@ -79,6 +83,12 @@ impl MemoryIndex {
                 reason: "es_rejected_execution_exception: queue full".to_owned(),
             };
         }
+        if let Some(left) = state.blocked.get_mut(op.index())
+            && *left > 0
+        {
+            *left -= 1;
+            return blocked(op);
+        }
         let key = (op.index().to_owned(), op.id().to_owned());
         let stored = state.docs.get(&key).map(|(version, _)| *version);
         if stored.is_some_and(|stored| stored > op.version()) {
@@ -111,6 +121,22 @@ impl MemoryIndex {
                 ItemResult::Done
             }
         }
+    }
+}
+
+/// The answer of Elasticsearch 9.2 to a write into an index with `index.blocks.write: true`.
+fn blocked(op: &BulkOp) -> ItemResult {
+    let action = if op.is_delete() { "delete" } else { "index" };
+    let item = serde_json::json!({ action: {
+        "_index": op.index(), "_id": op.id(), "status": 403,
+        "error": {
+            "type": "cluster_block_exception",
+            "reason": format!("index [{}] blocked by: [FORBIDDEN/8/index write (api)];", op.index()),
+        },
+    }});
+    match serde_json::from_value::<super::response::BulkItem>(item) {
+        Ok(item) => item.outcome(op.is_delete()),
+        Err(error) => rejected("test", &error.to_string()),
     }
 }
 

@@ -126,6 +126,12 @@ pub(crate) struct ItemStatus {
     pub error: Option<ErrorField>,
 }
 
+/// Said with every retried write an index block refused.
+pub(crate) const BLOCK_HINT: &str = "(the index refuses writes: a rebuild is swapping the alias, \
+     or the block was set by hand; writes are retried until it is lifted. When no \
+     `sluice-consumer rebuild` runs, finish or undo the interrupted one with `sluice-consumer \
+     rebuild <sink>` or `rebuild <sink> --abort`)";
+
 /// The `filter_path` of bulk requests: the status and error of every item, nothing else.
 pub(crate) const BULK_FILTER_PATH: &str = "items.*.status,items.*.error";
 
@@ -152,6 +158,13 @@ impl BulkItem {
             }
             // Nothing to delete: the document (or, without auto-creation, its index) is missing.
             404 if is_delete => ItemResult::NotFound,
+            // A block on the index (`index.blocks.write`, set by a rebuild while it swaps the
+            // alias, or a disk flood stage): the document is fine, the index refuses writes for
+            // now. Retried until the block goes; never dead-lettered, never committed past.
+            _ if error_type == "cluster_block_exception" => ItemResult::Retry {
+                status,
+                reason: format!("{reason} {BLOCK_HINT}"),
+            },
             429 | 500..=599 => ItemResult::Retry { status, reason },
             _ => ItemResult::Rejected {
                 status,
@@ -316,11 +329,15 @@ mod tests {
             {"index":{"_index":"p","_id":"4","status":429,"error":{"type":"es_rejected_execution_exception","reason":"rejected execution of coordinating operation"}}},
             {"index":{"_index":"p","_id":"5","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}},
             {"index":{"_index":"q","_id":"6","status":404,"error":{"type":"index_not_found_exception","reason":"no such index [q]"}}},
-            {"delete":{"_index":"p","_id":"7","_version":1,"result":"deleted","status":200}}
+            {"delete":{"_index":"p","_id":"7","_version":1,"result":"deleted","status":200}},
+            {"index":{"_index":"p-v1","_id":"8","status":403,"error":{"type":"cluster_block_exception","reason":"index [p-v1] blocked by: [FORBIDDEN/8/index write (api)];"}}},
+            {"delete":{"_index":"p-v1","_id":"9","status":403,"error":{"type":"cluster_block_exception","reason":"index [p-v1] blocked by: [FORBIDDEN/8/index write (api)];"}}}
         ]}"#;
         let got = outcomes(
             body,
-            &[false, false, false, true, true, false, false, false, true],
+            &[
+                false, false, false, true, true, false, false, false, true, false, true,
+            ],
         );
         assert_eq!(got[0], ItemResult::Done);
         assert_eq!(got[1], ItemResult::Stale);
@@ -350,6 +367,13 @@ mod tests {
             ItemResult::Rejected { status: 404, error_type, .. } if error_type == "index_not_found_exception"
         ));
         assert_eq!(got[8], ItemResult::Done);
+        // A write block is waited out, for writes and deletes alike.
+        for blocked in &got[9..] {
+            assert!(
+                matches!(blocked, ItemResult::Retry { status: 403, reason } if reason.contains("blocked by") && reason.contains("--abort")),
+                "{blocked:?}"
+            );
+        }
     }
 
     #[test]

@@ -247,3 +247,26 @@ async fn offsets_never_pass_an_event_that_is_not_settled() {
     apply(&mut tracker, &report);
     assert_eq!(tracker.to_commit(), [(0, 4)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_blocked_index_is_waited_out_never_dead_lettered() {
+    let w = writer();
+    // What a rebuild does to the old index while it swaps the alias.
+    w.bulk.state().blocked.insert("products".to_owned(), 5);
+    let mut delete = item("2", 2, Write::Delete);
+    delete.doc.outcome = Outcome::Deleted;
+    w.bulk.put("products", "2", 1, json!({"v": 0}));
+    let report = deliver(&w, vec![item("1", 1, full(json!({"v": 1}))), delete])
+        .await
+        .unwrap();
+    assert!(letters(&report).is_empty(), "{:?}", letters(&report));
+    assert_eq!(
+        outcomes(&report),
+        [(1, Outcome::Indexed), (2, Outcome::Deleted)]
+    );
+    assert_eq!(w.bulk.get("products", "1"), Some((101, json!({"v": 1}))));
+    assert_eq!(w.bulk.get("products", "2"), None);
+    // Five refusals, then the writes that landed.
+    assert_eq!(w.bulk.state().requests.len(), 4);
+    assert!(w.stats.to_json()["retried"].as_u64().unwrap() >= 5);
+}
