@@ -21,13 +21,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Every service in parallel: Postgres, Kafka and the five search clusters (OpenSearch 2.19.6, 3.3.2
-# and 2.19.4 with the security plugin; Elasticsearch 9.2.4 and 8.19.7 over HTTPS). The slowest JVM
-# sets the time, about 2 to 3 minutes on 2 cores (docs/development.md).
-eval "$(deploy/local/up.sh)"
-
 log "cargo fmt --check"
 cargo fmt --all -- --check
+
+# Every service in parallel: Postgres, Kafka and the five search clusters (OpenSearch 2.19.6, 3.3.2
+# and 2.19.4 with the security plugin; Elasticsearch 9.2.4 and 8.19.7 over HTTPS). The slowest JVM
+# takes 2 to 3 minutes on 2 cores (docs/development.md): they start while clippy and the build
+# run, and the tests wait for them.
+services_env=$(mktemp)
+deploy/local/up.sh >"$services_env" &
+services=$!
+
 log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo build --bins"
@@ -36,6 +40,11 @@ cargo build --locked --workspace --bins
 # The alerting rules with promtool (and it installs the Prometheus tests/tests/alerts.rs runs).
 log "alerting rules"
 deploy/prometheus/test.sh
+
+log "waiting for the services"
+wait "$services" || die "the services did not start (see the lines above)"
+eval "$(cat "$services_env")"
+rm -f "$services_env"
 log "cargo test"
 cargo test --locked --workspace --no-fail-fast "$@"
 # The same consumer suite on the other clusters: Elasticsearch 8.19 over HTTPS with OpenSearch
@@ -47,7 +56,7 @@ SLUICE_TEST_ELASTICSEARCH_INSTANCE=elasticsearch8 SLUICE_TEST_OPENSEARCH_INSTANC
   cargo test --locked -p sluice-tests --test consumer
 log "consumer suite on OpenSearch 2.19 with its security plugin"
 SLUICE_TEST_OPENSEARCH_INSTANCE=opensearch_secure \
-  cargo test --locked -p sluice-tests --test consumer -- opensearch
+  cargo test --locked -p sluice-tests --test consumer -- ::opensearch
 log "image and compose end-to-end test"
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.
