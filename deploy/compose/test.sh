@@ -32,7 +32,7 @@ apt_install jq curl
 command -v psql >/dev/null || apt_install postgresql-client
 ensure_engine
 mkdir -p "$SLUICE_STATE_DIR/compose-test"
-# The service images (network and disk) while the release build uses the CPU.
+# The service images (network and disk) while the build uses the CPU.
 images_env="$SLUICE_STATE_DIR/compose-test/images.env"
 "$REPO_DIR/deploy/compose/local-images.sh" >"$images_env" &
 images=$!
@@ -40,11 +40,16 @@ images=$!
 wait "$images" || die "the service images could not be built (see above)"
 # shellcheck disable=SC1090
 . "$images_env"
-# The topic reader and the group check, in the release profile the image's binaries were just
-# built in (most of what they need is compiled already).
-cargo build --release --locked -q -p sluice-tests --bin sluice-dump --bin sluice-bulk-load
-DUMP=target/release/sluice-dump
-BULK=target/release/sluice-bulk-load
+# The topic reader and the group check, in the profile the image's binaries were just built in
+# (most of what they need is compiled already).
+case "${SLUICE_BUILD_PROFILE:-release}" in
+  dev) TOOLS_DIR=target/debug ;;
+  *) TOOLS_DIR=target/release ;;
+esac
+cargo build --profile "${SLUICE_BUILD_PROFILE:-release}" --locked -q -p sluice-tests \
+  --bin sluice-dump --bin sluice-bulk-load
+DUMP=$TOOLS_DIR/sluice-dump
+BULK=$TOOLS_DIR/sluice-bulk-load
 log "images ready after $((SECONDS - started))s"
 
 free_port() {

@@ -6,6 +6,10 @@
 #
 #   deploy/docker/build.sh
 #
+# SLUICE_BUILD_PROFILE=dev takes the debug binaries instead (what the test command builds
+# anyway): the same image, slower binaries, and no release build of many minutes in CI. Image
+# sizes and benchmarks are of the release profile.
+#
 # The default target (`runtime`, a Rust builder stage) needs the official rust image; build it
 # with `docker build -f deploy/docker/Dockerfile .` where Docker Hub is reachable.
 set -euo pipefail
@@ -15,14 +19,20 @@ SERVICE=image
 cd "$REPO_DIR"
 
 IMAGE=${SLUICE_IMAGE:-sluice:local}
+PROFILE=${SLUICE_BUILD_PROFILE:-release}
+case "$PROFILE" in
+  release) TARGET_DIR=target/release ;;
+  dev) TARGET_DIR=target/debug ;;
+  *) die "SLUICE_BUILD_PROFILE must be release or dev, not '$PROFILE'" ;;
+esac
 started=$SECONDS
-log "cargo build --release (sluice-producer, sluice-consumer)"
-cargo build --release --locked -q -p sluice-producer -p sluice-consumer
+log "cargo build --profile $PROFILE (sluice-producer, sluice-consumer)"
+cargo build --profile "$PROFILE" --locked -q -p sluice-producer -p sluice-consumer
 context="$SLUICE_STATE_DIR/docker-context"
 rm -rf "$context"
 mkdir -p "$context/dist"
 for bin in sluice-producer sluice-consumer; do
-  strip -o "$context/dist/$bin" "target/release/$bin"
+  strip -o "$context/dist/$bin" "$TARGET_DIR/$bin"
 done
 cargo_seconds=$((SECONDS - started))
 "$DEPLOY_DOCKER_DIR/base-images.sh"

@@ -57,7 +57,10 @@ SLUICE_TEST_ELASTICSEARCH_INSTANCE=elasticsearch8 SLUICE_TEST_OPENSEARCH_INSTANC
 log "consumer suite on OpenSearch 2.19 with its security plugin"
 SLUICE_TEST_OPENSEARCH_INSTANCE=opensearch_secure \
   cargo test --locked -p sluice-tests --test consumer -- ::opensearch
+# The image is made from the debug binaries built above: a release build would add many minutes
+# on 2 cores, and these tests check behaviour, not speed (docs/decisions.md).
 log "image and compose end-to-end test"
+export SLUICE_BUILD_PROFILE=dev
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.
 log "Helm chart"
