@@ -322,6 +322,10 @@ async fn write_batch(
         .dead_letters
         .send_all(&all, &shared.writer.shutdown)
         .await?;
+    shared
+        .writer
+        .stats
+        .dead_lettered(all.iter().map(|(_, letter)| *letter));
     for letter in &letters {
         report.settled.push((letter.slot, Outcome::DeadLettered, 0));
     }
