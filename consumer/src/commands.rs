@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_common::config::Config;
+use sluice_common::config::{Config, SinkConfig};
 use sluice_common::telemetry;
 
+use crate::dlq::Letters;
 use crate::elastic::{Client, ElasticError};
 use crate::error::Error;
 use crate::kafka;
@@ -178,17 +179,7 @@ pub async fn status(config: Config) -> Result<(), Error> {
                 let _ = writeln!(out, "  kafka: {error}");
             }
         }
-        let dlq = sink.dlq_topic();
-        match lag(&config, &format!("{}.status", sink.name), &dlq).await {
-            Ok(partitions) => {
-                // What the topic holds now: retention may have removed the oldest letters.
-                let size: i64 = partitions.iter().map(|p| p.end - p.earliest).sum();
-                let _ = writeln!(out, "  dead letters: {size} (topic {dlq})");
-            }
-            Err(error) => {
-                let _ = writeln!(out, "  dead letters: unknown ({error})");
-            }
-        }
+        render_dead_letters(&mut out, &config, sink).await;
         render_members(&mut out, &config, &sink.name).await;
         out.push_str(
             &crate::rebuild::describe(&config, sink)
@@ -198,6 +189,39 @@ pub async fn status(config: Config) -> Result<(), Error> {
     }
     print!("{out}");
     Ok(())
+}
+
+/// The letters still to re-drive in the sink's dead-letter topic, by reason: the topic is the
+/// record across processes and restarts, and it knows what was re-driven.
+async fn render_dead_letters(out: &mut String, config: &Config, sink: &SinkConfig) {
+    let dlq = sink.dlq_topic();
+    let mut letters = match Letters::open(config, sink).await {
+        Ok(Some(letters)) => letters,
+        Ok(None) => {
+            let _ = writeln!(out, "  dead letters: 0 (topic {dlq} does not exist yet)");
+            return;
+        }
+        Err(error) => {
+            let _ = writeln!(out, "  dead letters: unknown ({error})");
+            return;
+        }
+    };
+    match crate::dlq::pending_summary(&mut letters, &crate::dlq::Filter::default()).await {
+        Ok(summary) if summary.total == 0 => {
+            let _ = writeln!(out, "  dead letters: 0 (topic {dlq})");
+        }
+        Ok(summary) => {
+            let _ = write!(
+                out,
+                "  dead letters: {} (topic {dlq}), to re-drive, by reason:\n{}",
+                summary.total,
+                summary.render("    ")
+            );
+        }
+        Err(error) => {
+            let _ = writeln!(out, "  dead letters: unknown ({error})");
+        }
+    }
 }
 
 /// Every member of each sink's group (Kafka's group membership), with the counts of the process

@@ -24,7 +24,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 
-use crate::batch::{Batch, InFlight, Item, Letter, Ticket};
+use crate::batch::{Batch, Doc, InFlight, Item, Letter, Ticket};
 use crate::dead_letter::{DeadLetter, Original};
 use crate::decode::{self, Decoded};
 use crate::elastic::deliver::{self, Report};
@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::event::KafkaPosition;
 use crate::offsets::{Slot, Tracker};
 use crate::route::{self, Routing};
-use crate::sink::Shared;
+use crate::sink::{Prepared, Shared};
 use crate::stats::{Outcome, now_micros};
 use group::SinkContext;
 
@@ -211,6 +211,12 @@ impl Reader {
     /// Decodes and routes one message.
     fn prepare(&self, received: Received, slot: Slot) -> Next {
         let shared = &self.shared;
+        let kafka = KafkaPosition {
+            topic: &shared.topic,
+            partition: received.partition,
+            offset: received.offset,
+        };
+        let routed = decode_and_route(&shared.prepared, received.payload.as_deref(), kafka);
         let original = Original {
             topic: shared.topic.clone(),
             partition: received.partition,
@@ -218,39 +224,23 @@ impl Reader {
             key: received.key,
             payload: received.payload,
         };
-        let dead_letter = |original, letter| {
-            Next::DeadLetter(Letter {
-                slot,
-                original,
-                letter,
-            })
-        };
-        let Some(payload) = &original.payload else {
-            // A tombstone: the DELETE before it did the work.
-            return Next::Done(Outcome::Skipped);
-        };
-        let (event, action) = match decode::decode(payload) {
-            Ok(Decoded::Change(event, action)) => (event, action),
-            Ok(Decoded::Truncate(version)) => return Next::Truncate(version),
-            Err(error) => return dead_letter(original, DeadLetter::from(error)),
-        };
-        let kafka = KafkaPosition {
-            topic: &shared.topic,
-            partition: received.partition,
-            offset: received.offset,
-        };
-        match route::route(&shared.prepared, &event, action, kafka) {
-            Ok(Routing::Skip(outcome)) => Next::Done(outcome),
-            Ok(Routing::Write(doc)) => Next::Batch(Item {
+        match routed {
+            Routed::Done(outcome) => Next::Done(outcome),
+            Routed::Truncate(version) => Next::Truncate(version),
+            Routed::Write(doc, commit_micros) => Next::Batch(Item {
                 doc,
                 ticket: Ticket {
                     slot,
                     replaced: Vec::new(),
                     original,
-                    commit_micros: event.position.unwrap_or_default().commit_time_micros,
+                    commit_micros,
                 },
             }),
-            Err(letter) => dead_letter(original, letter),
+            Routed::DeadLetter(letter) => Next::DeadLetter(Letter {
+                slot,
+                original,
+                letter,
+            }),
         }
     }
 
@@ -332,6 +322,10 @@ async fn write_batch(
         .dead_letters
         .send_all(&all, &shared.writer.shutdown)
         .await?;
+    shared
+        .writer
+        .stats
+        .dead_lettered(all.iter().map(|(_, letter)| *letter));
     for letter in &letters {
         report.settled.push((letter.slot, Outcome::DeadLettered, 0));
     }
@@ -339,6 +333,43 @@ async fn write_batch(
         report.settle(ticket, Outcome::DeadLettered);
     }
     Ok(report)
+}
+
+/// What decode and route make of one message value.
+#[derive(Debug)]
+pub enum Routed {
+    /// Final without a write (a tombstone, an action the sink does not take).
+    Done(Outcome),
+    /// The write, and the event's commit time (Unix micros).
+    Write(Doc, i64),
+    DeadLetter(DeadLetter),
+    /// A TRUNCATE marker at this commit LSN.
+    Truncate(u64),
+}
+
+/// The stages of one message before the batch: decode, then route (actions, `_id`, index,
+/// filter, transform). The read loop and a redrive of dead letters both go through it.
+pub fn decode_and_route(
+    prepared: &Prepared,
+    payload: Option<&[u8]>,
+    kafka: KafkaPosition<'_>,
+) -> Routed {
+    let Some(payload) = payload else {
+        // A tombstone: the DELETE before it did the work.
+        return Routed::Done(Outcome::Skipped);
+    };
+    let (event, action) = match decode::decode(payload) {
+        Ok(Decoded::Change(event, action)) => (event, action),
+        Ok(Decoded::Truncate(version)) => return Routed::Truncate(version),
+        Err(error) => return Routed::DeadLetter(DeadLetter::from(error)),
+    };
+    match route::route(prepared, &event, action, kafka) {
+        Ok(Routing::Skip(outcome)) => Routed::Done(outcome),
+        Ok(Routing::Write(doc)) => {
+            Routed::Write(doc, event.position.unwrap_or_default().commit_time_micros)
+        }
+        Err(letter) => Routed::DeadLetter(letter),
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -7,6 +7,7 @@
 //! every row carries) moves at the speed of a flood of indexed ones, and does not flood the
 //! log. The offset of an event is not committed until its letter is acknowledged.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,26 +32,32 @@ const KAFKA_POLICY: Policy =
 /// Why an event went to the dead-letter topic; written as message headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// `decode`, `filter`, `transform`, `route` or `index`.
-    pub stage: &'static str,
+    /// `decode`, `filter`, `transform`, `route` or `index` (read back from a header when a
+    /// letter is written again as it was).
+    pub stage: Cow<'static, str>,
     /// The Elasticsearch error type (`document_parsing_exception`, …), or the stage's own kind.
     pub error_type: String,
     pub reason: String,
     /// HTTP status of the item, for `index`.
     pub status: Option<u16>,
-    /// Attempts made (1 unless the item was retried before it was rejected).
+    /// Attempts made (1 unless the item was retried before it was rejected; a redrive adds its
+    /// own).
     pub attempts: u32,
+    /// When the letter was first written (Unix ms), for a letter written again unchanged;
+    /// `None`: now.
+    pub at: Option<i64>,
 }
 
 impl DeadLetter {
     /// A letter of a stage before the cluster: one attempt, no status.
     pub fn new(stage: &'static str, error_type: &str, reason: impl Into<String>) -> Self {
         Self {
-            stage,
+            stage: Cow::Borrowed(stage),
             error_type: error_type.to_owned(),
             reason: reason.into(),
             status: None,
             attempts: 1,
+            at: None,
         }
     }
 }
@@ -220,9 +227,12 @@ impl DeadLetters {
         let mut last_error = None;
         for at in unsent {
             let (original, letter) = letters[at];
-            let headers = self.headers(original, letter);
+            let headers = headers(&self.sink, original, letter);
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.topic).headers(headers);
+            if let Some(at) = letter.at {
+                record = record.timestamp(at);
+            }
             if let Some(key) = &original.key {
                 record = record.key(key.as_ref());
             }
@@ -267,25 +277,6 @@ impl DeadLetters {
         }
     }
 
-    fn headers(&self, original: &Original, letter: &DeadLetter) -> OwnedHeaders {
-        let partition = original.partition.to_string();
-        let offset = original.offset.to_string();
-        let attempts = letter.attempts.to_string();
-        let mut headers = OwnedHeaders::new()
-            .insert(header("sluice.dlq.sink", &self.sink))
-            .insert(header("sluice.dlq.stage", letter.stage))
-            .insert(header("sluice.dlq.error_type", &letter.error_type))
-            .insert(header("sluice.dlq.reason", &letter.reason))
-            .insert(header("sluice.dlq.attempts", &attempts))
-            .insert(header("sluice.dlq.topic", &original.topic))
-            .insert(header("sluice.dlq.partition", &partition))
-            .insert(header("sluice.dlq.offset", &offset));
-        if let Some(status) = letter.status {
-            headers = headers.insert(header("sluice.dlq.status", &status.to_string()));
-        }
-        headers
-    }
-
     /// One line per stage and error type, with the count and the first event's position.
     fn log(&self, letters: &[(&Original, &DeadLetter)]) {
         for ((stage, error_type), (count, original, letter)) in summarize(letters) {
@@ -304,15 +295,48 @@ impl DeadLetters {
 /// The letters grouped by stage and error type: how many, and the first of each.
 fn summarize<'a>(
     letters: &[(&'a Original, &'a DeadLetter)],
-) -> BTreeMap<(&'static str, &'a str), (usize, &'a Original, &'a DeadLetter)> {
+) -> BTreeMap<(&'a str, &'a str), (usize, &'a Original, &'a DeadLetter)> {
     let mut groups = BTreeMap::new();
     for &(original, letter) in letters {
         groups
-            .entry((letter.stage, letter.error_type.as_str()))
+            .entry((letter.stage.as_ref(), letter.error_type.as_str()))
             .and_modify(|(count, _, _)| *count += 1)
             .or_insert((1, original, letter));
     }
     groups
+}
+
+/// The `sluice.dlq.*` header names, in the order they are written.
+pub mod names {
+    pub const SINK: &str = "sluice.dlq.sink";
+    pub const STAGE: &str = "sluice.dlq.stage";
+    pub const ERROR_TYPE: &str = "sluice.dlq.error_type";
+    pub const REASON: &str = "sluice.dlq.reason";
+    pub const ATTEMPTS: &str = "sluice.dlq.attempts";
+    pub const TOPIC: &str = "sluice.dlq.topic";
+    pub const PARTITION: &str = "sluice.dlq.partition";
+    pub const OFFSET: &str = "sluice.dlq.offset";
+    pub const STATUS: &str = "sluice.dlq.status";
+}
+
+/// The headers of a letter: why it is here and where its original came from.
+pub fn headers(sink: &str, original: &Original, letter: &DeadLetter) -> OwnedHeaders {
+    let partition = original.partition.to_string();
+    let offset = original.offset.to_string();
+    let attempts = letter.attempts.to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(header(names::SINK, sink))
+        .insert(header(names::STAGE, &letter.stage))
+        .insert(header(names::ERROR_TYPE, &letter.error_type))
+        .insert(header(names::REASON, &letter.reason))
+        .insert(header(names::ATTEMPTS, &attempts))
+        .insert(header(names::TOPIC, &original.topic))
+        .insert(header(names::PARTITION, &partition))
+        .insert(header(names::OFFSET, &offset));
+    if let Some(status) = letter.status {
+        headers = headers.insert(header(names::STATUS, &status.to_string()));
+    }
+    headers
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

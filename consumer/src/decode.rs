@@ -103,7 +103,7 @@ mod tests {
         );
         let letter = DeadLetter::from(decode(b"\xff\xff\xff").unwrap_err());
         assert_eq!(
-            (letter.stage, letter.error_type.as_str()),
+            (letter.stage.as_ref(), letter.error_type.as_str()),
             ("decode", "decode_error")
         );
     }

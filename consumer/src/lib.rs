@@ -14,6 +14,7 @@ mod commands;
 mod consume;
 mod dead_letter;
 mod decode;
+pub mod dlq;
 pub mod elastic;
 mod error;
 pub mod event;

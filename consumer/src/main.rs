@@ -56,6 +56,13 @@ enum Command {
     Rebuild(RebuildArgs),
     /// Move the sink's consumer group back so it writes the topic again (safe by versions).
     Replay(ReplayArgs),
+    /// The sink's dead letters: count them by reason, show them, re-drive them after a fix.
+    Dlq {
+        /// The sink whose dead-letter topic to read.
+        sink: String,
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +105,48 @@ struct ReplayArgs {
     wait: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Count the letters still to re-drive by stage, error type and reason, with first and last
+    /// time.
+    List(DlqArgs),
+    /// Print letters with their event (decoded), error and source position.
+    Show {
+        /// Only the letter at PARTITION:OFFSET of the dead-letter topic (or OFFSET in every
+        /// partition), re-driven or not.
+        #[arg(long, value_parser = sluice_consumer::dlq::parse_at, conflicts_with = "limit")]
+        offset: Option<sluice_consumer::dlq::At>,
+        /// How many letters still to re-drive to print, oldest first.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+    /// Send the letters still to re-drive through the sink's current filter, transform and
+    /// mapping; those that fail again go back with their attempts counted. Exit 1 when some
+    /// failed again.
+    Redrive {
+        /// Decode, filter and transform only: write nothing, commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DlqArgs {
+    /// Only letters whose reason is this (as `list` prints it) or contains it.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only letters written since this RFC 3339 time or this long ago (`2h`).
+    #[arg(long, value_name = "TIME", value_parser = sluice_consumer::dlq::parse_since)]
+    since: Option<i64>,
+    /// `human` (default) or `json`.
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    format: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.global.load(Process::Consumer) {
@@ -109,7 +158,7 @@ fn main() -> ExitCode {
     };
     let named = match &cli.command {
         Command::Run { sink: Some(name) } => Some(("--sink ", name)),
-        Command::Verify { sink, .. } => Some(("", sink)),
+        Command::Verify { sink, .. } | Command::Dlq { sink, .. } => Some(("", sink)),
         Command::Rebuild(RebuildArgs { sink, .. }) | Command::Replay(ReplayArgs { sink, .. }) => {
             Some(("", sink))
         }
@@ -189,6 +238,10 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| true)
             }
+            Command::Dlq { sink, command } => {
+                let options = dlq_options(sink, command);
+                sluice_consumer::dlq::dlq(config, options, shutdown::on_signals()).await
+            }
         }
     });
     match result {
@@ -199,6 +252,28 @@ fn main() -> ExitCode {
             eprintln!("sluice-consumer: {error}");
             exit(error.exit_code())
         }
+    }
+}
+
+fn dlq_options(sink: String, command: DlqCommand) -> sluice_consumer::dlq::Options {
+    use sluice_consumer::dlq::{Command, Filter, Options};
+    let (command, args) = match command {
+        DlqCommand::List(args) => (Command::List, args),
+        DlqCommand::Show {
+            offset,
+            limit,
+            args,
+        } => (Command::Show { at: offset, limit }, args),
+        DlqCommand::Redrive { dry_run, args } => (Command::Redrive { dry_run }, args),
+    };
+    Options {
+        sink,
+        command,
+        filter: Filter {
+            reason: args.reason,
+            since: args.since,
+        },
+        json: args.format == "json",
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn run(
 
 /// Waits for the cluster, then makes sure the index (behind its alias) or the index template
 /// is there. Credentials and other refusals end it at once.
-async fn set_up_cluster(
+pub(crate) async fn set_up_cluster(
     client: &Client,
     prepared: &Prepared,
     shutdown: &CancellationToken,

@@ -8,6 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sluice_common::telemetry::names;
 
+use crate::dead_letter::DeadLetter;
+use crate::dlq::summary::Summary;
+
+/// Reasons `/status` tells apart; later ones are counted together.
+const DEAD_LETTER_REASONS: usize = 100;
+
 /// What finally happened to one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -86,6 +92,8 @@ pub struct SinkStats {
     lag: Mutex<BTreeMap<i32, i64>>,
     /// Per partition: last committed offset.
     committed: Mutex<BTreeMap<i32, i64>>,
+    /// This process's dead letters since it started, by reason.
+    dead_letters: Mutex<Summary>,
 }
 
 pub fn now_micros() -> i64 {
@@ -119,6 +127,23 @@ impl SinkStats {
             started: AtomicI64::new(now_micros()),
             lag: Mutex::new(BTreeMap::new()),
             committed: Mutex::new(BTreeMap::new()),
+            dead_letters: Mutex::new(Summary::bounded(DEAD_LETTER_REASONS)),
+        }
+    }
+
+    /// Counts letters Kafka acknowledged, by reason.
+    pub fn dead_lettered<'a>(&self, letters: impl IntoIterator<Item = &'a DeadLetter>) {
+        let now = now_micros() / 1_000;
+        if let Ok(mut summary) = self.dead_letters.lock() {
+            for letter in letters {
+                summary.add(
+                    &letter.stage,
+                    &letter.error_type,
+                    &letter.reason,
+                    letter.status,
+                    Some(now),
+                );
+            }
         }
     }
 
@@ -200,6 +225,11 @@ impl SinkStats {
             })
             .collect();
         let last = self.last_success.load(Ordering::Relaxed);
+        let dead_letters = self
+            .dead_letters
+            .lock()
+            .map(|s| s.to_json())
+            .unwrap_or_default();
         json!({
             "sink": self.sink,
             "topic": self.topic,
@@ -209,6 +239,7 @@ impl SinkStats {
             "last_success_micros": (last != 0).then_some(last),
             "lag": lag.values().sum::<i64>(),
             "partitions": partitions,
+            "dead_letters": dead_letters,
         })
     }
 }

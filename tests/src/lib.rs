@@ -719,6 +719,39 @@ impl Process {
     }
 }
 
+/// Runs `binary --config config args…` to its end (at most `timeout`), logging to `log` beside
+/// the config: the exit code and everything it printed.
+pub async fn run_command(
+    binary_name: &str,
+    config: &std::path::Path,
+    args: &[&str],
+    log: &str,
+    timeout: Duration,
+) -> anyhow::Result<(Option<i32>, String)> {
+    let mut all = vec![
+        "--config",
+        config.to_str().context("config path is not UTF-8")?,
+    ];
+    all.extend_from_slice(args);
+    let mut process = Process::start(binary_name, &all, config.with_file_name(log))?;
+    let code = process.wait(timeout).await?;
+    Ok((code, process.output()))
+}
+
+/// The JSON report of a `--format json` command: the last line of its output that parses as a
+/// JSON object (logs come before it).
+pub fn json_report(output: &str) -> anyhow::Result<serde_json::Value> {
+    output
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(serde_json::Value::is_object)
+        })
+        .with_context(|| format!("no JSON report in\n{output}"))
+}
+
 /// Runs a `deploy/local/<service>.sh` command (`stop`, `start`), for fault tests.
 pub async fn service(name: &str, command: &str) -> anyhow::Result<()> {
     let script =

@@ -10,31 +10,21 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_tests::sink::Cluster;
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{TestContext, eventually, json_report, run_command};
 
 const WAIT: Duration = Duration::from_secs(120);
 const ROWS: i32 = 500;
 
 async fn verify(config: &Path, args: &[&str], log: &str) -> (Option<i32>, String) {
-    let mut all = vec!["--config", config.to_str().unwrap(), "verify"];
+    let mut all = vec!["verify"];
     all.extend_from_slice(args);
-    let log = config.with_file_name(log);
-    let mut process = Process::start("sluice-consumer", &all, log).unwrap();
-    let code = process.wait(WAIT).await.unwrap();
-    (code, process.output())
+    run_command("sluice-consumer", config, &all, log, WAIT)
+        .await
+        .unwrap()
 }
 
-/// The JSON report: the last line of the output that parses as an object.
 fn report(output: &str) -> Value {
-    output
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(Value::is_object)
-        })
-        .unwrap_or_else(|| panic!("no JSON report in\n{output}"))
+    json_report(output).unwrap()
 }
 
 fn ids(report: &Value, kind: &str) -> Vec<String> {

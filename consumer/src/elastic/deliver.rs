@@ -95,11 +95,9 @@ pub async fn deliver<W: BulkWriter>(writer: &Writer<W>, items: Vec<Item>) -> Res
                     reason,
                 } => {
                     let letter = DeadLetter {
-                        stage: "index",
-                        error_type,
-                        reason,
                         status: Some(status),
                         attempts,
+                        ..DeadLetter::new("index", &error_type, reason)
                     };
                     report.letters.push((item.ticket, letter));
                     continue;
@@ -124,11 +122,9 @@ pub async fn deliver<W: BulkWriter>(writer: &Writer<W>, items: Vec<Item>) -> Res
                 other => (None, other.to_string()),
             };
             let letter = DeadLetter {
-                stage: "index",
-                error_type: "request_rejected".to_owned(),
-                reason,
                 status,
                 attempts,
+                ..DeadLetter::new("index", "request_rejected", reason)
             };
             report.letters.push((item.ticket, letter));
         }

@@ -126,7 +126,7 @@ pub async fn verify(config: Config, options: Options) -> Result<bool, Error> {
     Ok(check.report.in_sync())
 }
 
-fn unknown_sink(config: &Config, name: &str) -> Error {
+pub(crate) fn unknown_sink(config: &Config, name: &str) -> Error {
     let known: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
     Error::Config(vec![Problem::new(
         "<sink>",
