@@ -118,7 +118,8 @@ PIDS+=($!)
 TOTAL=$((N + 20))
 start=$SECONDS
 while :; do
-  have=$("$TARGET_DIR/sluice-bulk-load" count "$BROKERS" "$TOPIC" 2>/dev/null | cut -d' ' -f1)
+  # The topic does not exist until the producer made it: a failed count is "none yet".
+  have=$({ "$TARGET_DIR/sluice-bulk-load" count "$BROKERS" "$TOPIC" 2>/dev/null || true; } | cut -d' ' -f1)
   [ "${have:-0}" -ge "$TOTAL" ] && break
   [ $((SECONDS - start)) -lt "$LOAD_TIMEOUT" ] || die "the topic holds ${have:-0} of $TOTAL messages"
   sleep 2
