@@ -248,9 +248,10 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     let discarded = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "discarded");
     let remaining = metrics::gauge!(names::PRODUCER_BACKFILL_REMAINING_ROWS, &labels);
     if !state.started || state.end_key.is_none() {
-        let total = match state.started {
-            true => state.rows_total,
-            false => estimate(&sql, &quoted, condition.as_deref()).await?,
+        let total = if state.started {
+            state.rows_total
+        } else {
+            estimate(&sql, &quoted, condition.as_deref()).await?
         };
         let end = last_key(&sql, &quoted, &key_columns, condition.as_deref()).await?;
         control::start(&sql, state.id, total, end.as_deref()).await?;
@@ -260,8 +261,9 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             p.rows_total = total.and_then(|t| u64::try_from(t).ok());
         });
         let Some(end) = end else {
-            // Nothing to read: rows inserted from now on come through the stream.
-            control::finish(&sql, state.id, None, 0).await?;
+            // Nothing (left) to read: rows inserted from now on come through the stream. A
+            // resumed backfill keeps the progress it had.
+            control::finish(&sql, state.id, state.acked_key.as_deref(), state.acked_rows).await?;
             remaining.set(0.0);
             return Ok(());
         };
