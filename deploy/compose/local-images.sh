@@ -8,8 +8,9 @@
 #   sluice-local/postgres:15           Debian's postgresql-15
 #   sluice-local/kafka:<version>       the Kafka jars from Maven Central (deploy/local/kafka.sh fetch)
 #   sluice-local/elasticsearch:<ver>   the integ-test zip (deploy/local/elasticsearch.sh fetch)
+#   sluice-local/opensearch:<ver>      the integ-test zip and its modules (deploy/local/opensearch3.sh fetch)
 #
-# Kafka and Elasticsearch run on the host's JDK 21+ (sluice-local/jdk). Images already built are
+# Kafka, Elasticsearch and OpenSearch run on the host's JDK 21+ (sluice-local/jdk). Images already built are
 # kept; --force builds them again.
 set -euo pipefail
 SERVICE=local-images
@@ -21,8 +22,10 @@ FORCE=${1:-}
 "$DEPLOY_DOCKER_DIR/base-images.sh" >&2
 kafka_libs=$("$DEPLOY_LOCAL_DIR/kafka.sh" fetch)
 es_home=$("$DEPLOY_LOCAL_DIR/elasticsearch.sh" fetch)
+os_home=$("$DEPLOY_LOCAL_DIR/opensearch3.sh" fetch)
 kafka_version=$(basename "$(dirname "$kafka_libs")")
 es_version=${es_home##*-}
+os_version=${os_home##*-}
 
 # Kafka's own scripts (kafka-broker-api-versions.sh) live in kafka-tools, which the broker's
 # jars do not include.
@@ -70,9 +73,11 @@ build postgres sluice-local/postgres:15
 build kafka "sluice-local/kafka:$kafka_version" "$kafka_libs" libs \
   "$tools_dir/kafka-tools-$kafka_version.jar" "libs/kafka-tools-$kafka_version.jar"
 build elasticsearch "sluice-local/elasticsearch:$es_version" "$es_home" elasticsearch
+build opensearch "sluice-local/opensearch:$os_version" "$os_home" opensearch
 
 cat <<EOT
 export POSTGRES_IMAGE=sluice-local/postgres:15
 export KAFKA_IMAGE=sluice-local/kafka:$kafka_version
 export ELASTICSEARCH_IMAGE=sluice-local/elasticsearch:$es_version
+export OPENSEARCH_IMAGE=sluice-local/opensearch:$os_version
 EOT

@@ -4,6 +4,9 @@
 # when missing, makes the base image, the sluice image (from host-built binaries) and the local
 # service images, then, in a compose project of its own (removed at the end, volumes too):
 #
+# The opensearch profile is on throughout: a second consumer group keeps an OpenSearch index of the
+# same table, and every check of the index below is made on both clusters.
+#
 #   1. `up` from nothing: every service healthy, rows inserted in Postgres become searchable;
 #   2. `--scale consumer=3` under a steady writer, one consumer `docker kill`ed and the producer
 #      `docker restart`ed mid-load: the index equals the table (every in-stock row, every
@@ -57,12 +60,14 @@ free_port() {
   while port_in_use "$p"; do p=$((p + 1)); done
   echo "$p"
 }
-export POSTGRES_PORT KAFKA_PORT ELASTICSEARCH_PORT SLUICE_PRODUCER_PORT
+export POSTGRES_PORT KAFKA_PORT ELASTICSEARCH_PORT OPENSEARCH_PORT SLUICE_PRODUCER_PORT
 POSTGRES_PORT=$(free_port 25432)
 KAFKA_PORT=$(free_port 29092)
 ELASTICSEARCH_PORT=$(free_port 29200)
+OPENSEARCH_PORT=$(free_port 29210)
 SLUICE_PRODUCER_PORT=$(free_port 29600)
 export SLUICE_IMAGE=sluice:local PG_PASSWORD=compose-test ELASTIC_PASSWORD=compose-elastic
+export COMPOSE_PROFILES=opensearch
 PROJECT=sluicetest$$
 WORK="$SLUICE_STATE_DIR/compose-test/$PROJECT"
 mkdir -p "$WORK"
@@ -90,18 +95,22 @@ trap finish EXIT
 # The products example, with a longer limit for its filter and transform: the limit is wall-clock
 # time, and on a machine whose CPU is shared with other builds the default 100 ms dead-letters
 # the odd event (which the comparison below would report as missing).
-sed 's/^    table: public.products$/&\n    transform_timeout: 5s/' examples/products/sluice.yaml >"$WORK/sluice.yaml"
-grep -q 'transform_timeout: 5s' "$WORK/sluice.yaml" || fail "could not write the test's config"
-chmod 0644 "$WORK/sluice.yaml"
-export SLUICE_CONFIG_FILE="$WORK/sluice.yaml"
+for example in sluice opensearch; do
+  sed 's/^    table: public.products$/&\n    transform_timeout: 5s/' "examples/products/$example.yaml" >"$WORK/$example.yaml"
+  grep -q 'transform_timeout: 5s' "$WORK/$example.yaml" || fail "could not write the test's $example.yaml"
+  chmod 0644 "$WORK/$example.yaml"
+done
+export SLUICE_CONFIG_FILE="$WORK/sluice.yaml" SLUICE_OPENSEARCH_CONFIG_FILE="$WORK/opensearch.yaml"
 
 PG="postgres://sluice:$PG_PASSWORD@127.0.0.1:$POSTGRES_PORT/shop"
 ES="http://127.0.0.1:$ELASTICSEARCH_PORT"
+OS="http://127.0.0.1:$OPENSEARCH_PORT"
 BROKERS="127.0.0.1:$KAFKA_PORT"
 TOPIC=sluice.public.products
-GROUP=products-elasticsearch
+GROUPS_OF_SINKS=(products-elasticsearch products-opensearch)
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$PG" -c "$1"; }
 es() { curl -fsS -u "elastic:$ELASTIC_PASSWORD" -H 'Content-Type: application/json' "$@"; }
+os() { curl -fsS -H 'Content-Type: application/json' "$@"; }
 containers() { dc ps -q "$1"; }
 state() { docker inspect -f "$1" "$2"; }
 
@@ -124,29 +133,34 @@ setup_done() {
 # sluice_exited: a sluice container has exited (waiting for health would be in vain).
 sluice_exited() {
   local c
-  for c in $(containers producer) $(containers consumer); do
+  for c in $(containers producer) $(containers consumer) $(containers consumer-opensearch); do
     [ "$(state '{{.State.Status}}' "$c")" = exited ] && return 0
   done
   return 1
 }
-healthy_or_exited() { all_healthy postgres kafka elasticsearch producer consumer || sluice_exited; }
+healthy_or_exited() {
+  all_healthy postgres kafka elasticsearch opensearch producer consumer consumer-opensearch || sluice_exited
+}
 wait_healthy() {
   local t0=$SECONDS
   wait_until 420 /dev/null "every service healthy" healthy_or_exited
-  sluice_exited && fail "a sluice container exited: $(dc ps producer consumer | tail -n +3)"
+  sluice_exited && fail "a sluice container exited: $(dc ps producer consumer consumer-opensearch | tail -n +3)"
   wait_until 60 /dev/null "es-setup to exit 0" setup_done
   log "every service healthy after $((SECONDS - t0))s"
 }
 ready() { curl -fsS -o /dev/null "http://127.0.0.1:$1/readyz"; }
-consumer_port() { dc port --index="${1:-1}" consumer 9601 | awk -F: '{print $NF}'; }
+consumer_port() { dc port --index="${2:-1}" "${1:-consumer}" 9601 | awk -F: '{print $NF}'; }
 
-# index_matches_table: the index holds exactly the in-stock rows with the transform's four
-# columns, and each document's version is the highest commit LSN of its row in the topic.
+# index_matches_table CLUSTER: the index of CLUSTER (es or os) holds exactly the in-stock rows
+# with the transform's four columns, and each document's version is the highest commit LSN of
+# its row in the topic.
 index_matches_table() {
+  local cluster=$1 url
+  case $cluster in es) url=$ES ;; os) url=$OS ;; esac
   sql "SELECT coalesce(json_object_agg(id, json_build_object('name', name, 'description', description,
          'price', price, 'in_stock', in_stock)), '{}') FROM products WHERE in_stock" >"$WORK/table.json"
-  es -X POST "$ES/products/_refresh" >/dev/null
-  es "$ES/products/_search?version=true&size=10000" -d '{"query": {"match_all": {}}}' >"$WORK/index.json"
+  "$cluster" -X POST "$url/products/_refresh" >/dev/null
+  "$cluster" "$url/products/_search?version=true&size=10000" -d '{"query": {"match_all": {}}}' >"$WORK/index.json"
   "$DUMP" "$BROKERS" "$TOPIC" >"$WORK/topic.jsonl"
   jq -n --slurpfile table "$WORK/table.json" --slurpfile index "$WORK/index.json" \
     --slurpfile topic <(jq -c 'select(.event != null and .event.op != "OP_TRUNCATE")
@@ -164,16 +178,21 @@ index_matches_table() {
         wrong_version: [$docs | to_entries[] | select(.value.version != $last[.key]) | {id: .key, version: .value.version, last_commit_lsn: $last[.key]}]
       }
     | .ok = (.missing == [] and .extra == [] and .different == [] and .wrong_version == [] and .rows > 0)
-  ' >"$WORK/compare.json"
-  jq -e .ok "$WORK/compare.json" >/dev/null
+  ' >"$WORK/compare-$cluster.json"
+  jq -e .ok "$WORK/compare-$cluster.json" >/dev/null
 }
+# wait_index_matches_table WHEN: index_matches_table on both clusters.
 wait_index_matches_table() {
-  if ! wait_until_quiet 240 index_matches_table; then
-    jq -c '{rows, docs, missing: .missing[:5], extra: .extra[:5], different: .different[:5], wrong_version: .wrong_version[:3]}' \
-      "$WORK/compare.json" >&2
-    fail "the index does not match the table ($1)"
-  fi
-  log "index == table ($1): $(jq -r '"\(.rows) rows, \(.docs) documents, versions = last commit LSN"' "$WORK/compare.json")"
+  local cluster name
+  for cluster in es os; do
+    case $cluster in es) name=Elasticsearch ;; os) name=OpenSearch ;; esac
+    if ! wait_until_quiet 240 index_matches_table "$cluster"; then
+      jq -c '{rows, docs, missing: .missing[:5], extra: .extra[:5], different: .different[:5], wrong_version: .wrong_version[:3]}' \
+        "$WORK/compare-$cluster.json" >&2
+      fail "the $name index does not match the table ($1)"
+    fi
+    log "$name index == table ($1): $(jq -r '"\(.rows) rows, \(.docs) documents, versions = last commit LSN"' "$WORK/compare-$cluster.json")"
+  done
 }
 # wait_until_quiet SECONDS CMD...: like wait_until, but returns 1 instead of exiting.
 wait_until_quiet() {
@@ -213,7 +232,7 @@ stop_writer() {
 }
 
 # --- 1. up from nothing ------------------------------------------------------------------------
-log "1. up (project $PROJECT; postgres :$POSTGRES_PORT, kafka :$KAFKA_PORT, elasticsearch :$ELASTICSEARCH_PORT, producer :$SLUICE_PRODUCER_PORT)"
+log "1. up (project $PROJECT; postgres :$POSTGRES_PORT, kafka :$KAFKA_PORT, elasticsearch :$ELASTICSEARCH_PORT, opensearch :$OPENSEARCH_PORT, producer :$SLUICE_PRODUCER_PORT)"
 t0=$SECONDS
 dc up -d --no-build >"$WORK/up.log" 2>&1 || {
   cat "$WORK/up.log" >&2
@@ -221,13 +240,15 @@ dc up -d --no-build >"$WORK/up.log" 2>&1 || {
 }
 wait_healthy
 wait_until 120 /dev/null "producer /readyz" ready "$SLUICE_PRODUCER_PORT"
-wait_until 120 /dev/null "consumer /readyz" ready "$(consumer_port 1)"
+wait_until 120 /dev/null "consumer /readyz" ready "$(consumer_port consumer 1)"
+wait_until 120 /dev/null "OpenSearch consumer /readyz" ready "$(consumer_port consumer-opensearch 1)"
 log "up from nothing to ready in $((SECONDS - t0))s"
 sql "INSERT INTO products (id, name, description, price, in_stock) VALUES
   (1, 'kettle', 'stainless steel kettle', 39.90, true), (2, 'toaster', 'two-slot toaster', 24.50, true)"
-searchable() { es "$ES/products/_search?q=description:kettle" | jq -e '.hits.hits[0]._id == "1"'; }
-wait_until_quiet 120 searchable || fail "the inserted row did not become searchable"
-log "a row inserted in Postgres is searchable"
+searchable() { "$1" "$2/products/_search?q=description:kettle" | jq -e '.hits.hits[0]._id == "1"'; }
+wait_until_quiet 120 searchable es "$ES" || fail "the inserted row did not become searchable in Elasticsearch"
+wait_until_quiet 120 searchable os "$OS" || fail "the inserted row did not become searchable in OpenSearch"
+log "a row inserted in Postgres is searchable in Elasticsearch and OpenSearch"
 
 # --- 2. three consumers under load, one killed, the producer restarted -------------------------
 log "2. --scale consumer=3 under a steady writer"
@@ -261,11 +282,11 @@ wait_index_matches_table "three consumers, one killed, producer restarted"
 # --- 3. stop, down (volumes kept), up again ----------------------------------------------------
 log "3. stop"
 # The running ones (the consumer killed in step 2 stays exited: `docker kill` counts as a stop).
-sluice_containers=$(for c in $(containers producer) $(containers consumer); do
+sluice_containers=$(for c in $(containers producer) $(containers consumer) $(containers consumer-opensearch); do
   [ "$(state '{{.State.Status}}' "$c")" = running ] && echo "$c"
 done)
 t0=$SECONDS
-dc stop -t 45 producer consumer >/dev/null 2>&1
+dc stop -t 45 producer consumer consumer-opensearch >/dev/null 2>&1
 stop_seconds=$((SECONDS - t0))
 for c in $sluice_containers; do
   s=$(state '{{.Name}} {{.State.Status}} {{.State.ExitCode}}' "$c")
@@ -273,7 +294,9 @@ for c in $sluice_containers; do
 done
 [ "$stop_seconds" -lt 45 ] || fail "stop took ${stop_seconds}s, more than the 45 s grace period"
 log "every sluice container exited 0 (stop took ${stop_seconds}s)"
-"$BULK" wait-group "$BROKERS" "$TOPIC" "$GROUP" 5 || fail "offsets not committed to the end of $TOPIC"
+for group in "${GROUPS_OF_SINKS[@]}"; do
+  "$BULK" wait-group "$BROKERS" "$TOPIC" "$group" 5 || fail "$group: offsets not committed to the end of $TOPIC"
+done
 "$DUMP" "$BROKERS" "$TOPIC" >"$WORK/topic-at-stop.jsonl"
 last_lsn=$(jq -s 'map(.event.commit_lsn // 0) | max' "$WORK/topic-at-stop.jsonl")
 confirmed=$(sql "SELECT (confirmed_flush_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = 'sluice_demo'")

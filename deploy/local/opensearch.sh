@@ -503,6 +503,14 @@ cmd_env() {
   cat "$OS_ENV_FILE"
 }
 
+# cmd_fetch: the distribution with the extra modules, for the local container image.
+cmd_fetch() {
+  require_tools
+  install_distribution
+  install_extra_modules
+  echo "$OS_HOME"
+}
+
 cmd_clean() {
   cmd_stop
   log "deleting $OS_STATE"
@@ -516,8 +524,9 @@ case "${1:-}" in
   stop) cmd_stop ;;
   env) cmd_env ;;
   clean) cmd_clean ;;
+  fetch) cmd_fetch ;;
   *)
-    echo "usage: $OS_SELF start|stop|env|clean" >&2
+    echo "usage: $OS_SELF start|stop|env|clean|fetch" >&2
     exit 2
     ;;
 esac
