@@ -51,15 +51,24 @@ async fn alias_targets(context: &TestContext, cluster: Cluster, alias: &str) -> 
     names
 }
 
-async fn write_blocked(context: &TestContext, cluster: Cluster, index: &str) -> bool {
+async fn setting(context: &TestContext, cluster: Cluster, index: &str, name: &str) -> Value {
     let index = context.index(index);
     let (_, body) = get(
         context,
         cluster,
-        &format!("{index}/_settings/index.blocks.write?flat_settings=true"),
+        &format!("{index}/_settings/{name}?flat_settings=true"),
     )
     .await;
-    body[&index]["settings"]["index.blocks.write"] == "true"
+    body[&index]["settings"][name].clone()
+}
+
+async fn write_blocked(context: &TestContext, cluster: Cluster, index: &str) -> bool {
+    setting(context, cluster, index, "index.blocks.write").await == "true"
+}
+
+/// The new index is filled without refreshes and serves with the default interval.
+async fn refresh_interval(context: &TestContext, cluster: Cluster, index: &str) -> Value {
+    setting(context, cluster, index, "index.refresh_interval").await
 }
 
 /// A pipeline over `items` with `rows` rows backfilled and indexed into alias `items`.
@@ -155,6 +164,11 @@ async fn rebuild_with_a_new_mapping_under_writes(cluster: Cluster, test: &str) {
     let (status, _) = get(&context, cluster, &context.index("items-v1")).await;
     assert_eq!(status, 200, "v1 is kept (--keep-old 1)");
     assert!(!write_blocked(&context, cluster, "items-v1").await);
+    assert_eq!(
+        refresh_interval(&context, cluster, "items-v2").await,
+        Value::Null,
+        "the refresh interval is given back before the swap"
+    );
     let (_, mapping) = get(
         &context,
         cluster,
@@ -227,6 +241,12 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
         WAIT,
         "the rebuild halfway, with offsets committed",
         || async {
+            // Filled without refreshes: only a refresh makes its documents countable.
+            client
+                .post(format!("{base}/{v2}/_refresh"))
+                .send()
+                .await?
+                .error_for_status()?;
             let count: Value = client
                 .get(format!("{base}/{v2}/_count"))
                 .send()
@@ -245,6 +265,7 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
     .await
     .unwrap();
     first.kill9().await.unwrap();
+    assert_eq!(refresh_interval(&context, cluster, "items-v2").await, "-1");
     let committed: i64 = context
         .committed_offsets(&group, &topic)
         .await
@@ -295,6 +316,10 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
     assert!(output.contains("is write-blocked"), "{output}");
     let resumed_from_zero = output.contains("from the start");
     assert!(!resumed_from_zero, "{output}");
+    assert_eq!(
+        refresh_interval(&context, cluster, "items-v2").await,
+        Value::Null
+    );
     assert_eq!(
         alias_targets(&context, cluster, "items").await,
         [context.index("items-v2")]

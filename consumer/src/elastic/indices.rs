@@ -19,6 +19,8 @@ pub struct IndexInfo {
     pub meta: Map<String, Value>,
     /// `index.blocks.write` is set.
     pub write_blocked: bool,
+    /// `index.refresh_interval`, when set on the index.
+    pub refresh_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +83,11 @@ impl Client {
             .await?
             .success()?
             .parse()?;
-        let mut url = self.url(&[pattern, "_settings", "index.blocks.write"])?;
+        let mut url = self.url(&[
+            pattern,
+            "_settings",
+            "index.blocks.write,index.refresh_interval",
+        ])?;
         url.query_pairs_mut()
             .append_pair("allow_no_indices", "true")
             .append_pair("ignore_unavailable", "true")
@@ -94,14 +100,18 @@ impl Client {
         Ok(mappings
             .into_iter()
             .map(|(name, entry)| {
-                let write_blocked = settings
-                    .get(&name)
-                    .and_then(|s| s.settings.get("index.blocks.write"))
+                let setting = |key: &str| settings.get(&name).and_then(|s| s.settings.get(key));
+                let write_blocked = setting("index.blocks.write")
                     .is_some_and(|v| v == "true" || v == &Value::Bool(true));
+                let refresh_interval = setting("index.refresh_interval").map(|v| match v {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                });
                 IndexInfo {
                     name,
                     meta: entry.mappings.meta,
                     write_blocked,
+                    refresh_interval,
                 }
             })
             .collect())
@@ -163,7 +173,14 @@ impl Client {
     pub async fn set_write_block(&self, index: &str, blocked: bool) -> Result<(), ElasticError> {
         // `null` removes the setting rather than leaving `false` behind.
         let value = if blocked { json!(true) } else { Value::Null };
-        let body = request::to_json(&json!({ "index.blocks.write": value }))?;
+        self.put_settings(index, &json!({ "index.blocks.write": value }))
+            .await
+    }
+
+    /// Updates the dynamic `settings` of `index` (a `null` value resets one to its default).
+    /// Returns once every node applied them: a request not acknowledged is an error.
+    pub async fn put_settings(&self, index: &str, settings: &Value) -> Result<(), ElasticError> {
+        let body = request::to_json(settings)?;
         let reply = self
             .execute(
                 Method::PUT,

@@ -72,7 +72,10 @@ struct Rebuild {
     prepared: Prepared,
     alias: String,
     topic: String,
-    settings: Option<Value>,
+    /// The new index's settings: the sink's (or `--settings`) without refreshes while it fills.
+    settings: Value,
+    /// The refresh interval given back to the new index before the swap (`null`: the default).
+    refresh_interval: Value,
     mappings: Option<Value>,
     client: Client,
     options: Options,
@@ -166,6 +169,7 @@ impl Rebuild {
         let mut problems = Vec::new();
         let settings = read_json("--settings", options.settings.as_deref(), &mut problems)
             .or_else(|| prepared.settings.clone());
+        let (settings, refresh_interval) = plan::fill_settings(settings.as_ref());
         let mappings = read_json("--mappings", options.mappings.as_deref(), &mut problems)
             .or_else(|| prepared.mappings.clone());
         if !problems.is_empty() {
@@ -182,6 +186,7 @@ impl Rebuild {
             prepared,
             alias,
             settings,
+            refresh_interval,
             mappings,
             client,
             options,
@@ -275,7 +280,7 @@ impl Rebuild {
         self.call("create the new index", || {
             self.client.create_index(
                 target,
-                self.settings.as_ref(),
+                Some(&self.settings),
                 self.mappings.as_ref(),
                 (META_KEY, meta.clone()),
             )
@@ -395,10 +400,9 @@ impl Rebuild {
                 }
             };
             if progress.due() {
-                let documents = self.client.count(target).await.ok();
                 eprintln!(
                     "{}",
-                    progress.line(self.sink(), target, &catchup, &positions, documents, &stats)
+                    progress.line(self.sink(), target, &catchup, &positions, &stats)
                 );
             }
             let step = catchup.next(&positions, Instant::now());
@@ -496,6 +500,7 @@ impl Rebuild {
     }
 
     async fn swap(&self, from: &str, target: &str) -> Result<(), Error> {
+        self.restore_refresh(target).await?;
         self.call("refresh the new index", || self.client.refresh(target))
             .await?;
         let swapped = self
@@ -516,6 +521,24 @@ impl Rebuild {
             self.alias
         );
         Ok(())
+    }
+
+    /// Gives the new index its refresh interval back if it was filled without refreshes (an
+    /// index created by an older version, or resumed after this step, is left as it is).
+    async fn restore_refresh(&self, target: &str) -> Result<(), Error> {
+        let paused = self
+            .call("read the new index", || self.client.indices(target))
+            .await?
+            .iter()
+            .any(|info| info.refresh_interval.as_deref() == Some(plan::FILL_REFRESH_INTERVAL));
+        if !paused || self.refresh_interval == plan::FILL_REFRESH_INTERVAL {
+            return Ok(());
+        }
+        let settings = serde_json::json!({ "index.refresh_interval": self.refresh_interval });
+        self.call("set the new index's refresh interval", || {
+            self.client.put_settings(target, &settings)
+        })
+        .await
     }
 
     /// Lifts the write block on `index`, retrying until the cluster takes it. A failure is
@@ -685,7 +708,7 @@ impl Rebuild {
                 let _ = writeln!(
                     out,
                     "rebuild plan for sink {sink} (alias {alias} → {from}):\n  1. create {target} \
-                     with {} and {}",
+                     with {} and {}, without refreshes while it fills",
                     source(
                         &self.options.settings,
                         self.prepared.settings.is_some(),
@@ -755,8 +778,13 @@ impl Rebuild {
         );
         let _ = writeln!(
             out,
-            "  4. refresh {target}, swap {alias} from {from} to {target} in one _aliases request, \
-             lift the block on {from}"
+            "  4. give {target} its refresh interval ({}), refresh it, swap {alias} from {from} \
+             to {target} in one _aliases request, lift the block on {from}",
+            match &self.refresh_interval {
+                Value::Null => "the default".to_owned(),
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            }
         );
         let mut after = observed.clone();
         after.serving = Some(vec![target.clone()]);
@@ -860,7 +888,6 @@ impl Progress {
         target: &str,
         catchup: &Catchup,
         positions: &Positions,
-        documents: Option<u64>,
         stats: &SinkStats,
     ) -> String {
         self.last = Some(Instant::now());
@@ -901,10 +928,11 @@ impl Progress {
             Phase::Blocked { .. } => "catching up (old index write-blocked)",
             Phase::Swapped => "swapped",
         };
+        // Events, not a document count: the index fills without refreshes, so `_count` would
+        // lag behind (and counting would keep its shards from going search-idle).
         format!(
-            "rebuild {sink}: {phase} {target}: {} documents, lag {left} ({}), {rate:.0} events/s, \
-             {eta}; this run: indexed {}, deleted {}, dead-lettered {}",
-            documents.map_or("?".to_owned(), |n| n.to_string()),
+            "rebuild {sink}: {phase} {target}: {done} events applied, lag {left} ({}), {rate:.0} \
+             events/s, {eta}; this run: indexed {}, deleted {}, dead-lettered {}",
             render_offsets(&behind),
             stats.count(Outcome::Indexed),
             stats.count(Outcome::Deleted),
@@ -951,17 +979,14 @@ pub(crate) async fn describe(config: &Config, sink: &SinkConfig) -> Option<Strin
     match crate::commands::lag(config, &meta.group, &topic).await {
         Ok(rows) => {
             let total: i64 = rows.iter().map(|r| r.lag).sum();
+            let applied: i64 = rows.iter().filter_map(|r| r.committed).sum();
             let parts: Vec<String> = rows
                 .iter()
                 .map(|r| format!("p{} {}", r.partition, r.lag))
                 .collect();
-            let documents = client
-                .count(&target)
-                .await
-                .map_or("?".to_owned(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "    {documents} documents, lag {total} ({})",
+                "    {applied} events applied, lag {total} ({})",
                 parts.join(", ")
             );
         }

@@ -14,6 +14,7 @@
 //! is its consumer group's committed offsets, in Kafka.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The key of the rebuild's record in the target index's mapping `_meta`.
 pub const META_KEY: &str = "sluice_rebuild";
@@ -204,11 +205,67 @@ pub fn to_delete(observed: &Observed, target: &str, keep: usize) -> Vec<String> 
         .collect()
 }
 
+/// The refresh interval a new index is filled with: none. A refresh every second would make
+/// segments of a second's writes each, merged again while the fill goes on; the index serves no
+/// search before the swap, which refreshes it explicitly.
+pub const FILL_REFRESH_INTERVAL: &str = "-1";
+
+/// Where index settings can name `refresh_interval`: flat, nested under `index`, or bare.
+const REFRESH_KEYS: [&str; 2] = ["index.refresh_interval", "refresh_interval"];
+
+/// The settings a new index is created with: `settings` (the sink's or `--settings`) with the
+/// refresh interval replaced by [`FILL_REFRESH_INTERVAL`], and the interval to restore before
+/// the swap (`null`: the cluster's default).
+pub fn fill_settings(settings: Option<&Value>) -> (Value, Value) {
+    let mut settings = match settings {
+        Some(Value::Object(map)) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    let mut restore = Value::Null;
+    for key in REFRESH_KEYS {
+        if let Some(value) = settings.remove(key) {
+            restore = value;
+        }
+    }
+    if let Some(Value::Object(index)) = settings.get_mut("index")
+        && let Some(value) = index.remove("refresh_interval")
+    {
+        restore = value;
+    }
+    settings.insert(
+        REFRESH_KEYS[0].to_owned(),
+        Value::String(FILL_REFRESH_INTERVAL.to_owned()),
+    );
+    (Value::Object(settings), restore)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn a_new_index_is_filled_without_refreshes_and_gets_the_configured_interval_back() {
+        let (fill, restore) = fill_settings(None);
+        assert_eq!(fill, json!({"index.refresh_interval": "-1"}));
+        assert_eq!(restore, Value::Null);
+        for given in [
+            json!({"index": {"number_of_shards": 2, "refresh_interval": "5s"}}),
+            json!({"index.refresh_interval": "5s", "index": {"number_of_shards": 2}}),
+            json!({"refresh_interval": "5s", "index": {"number_of_shards": 2}}),
+        ] {
+            let (fill, restore) = fill_settings(Some(&given));
+            assert_eq!(
+                fill,
+                json!({"index": {"number_of_shards": 2}, "index.refresh_interval": "-1"}),
+                "{given}"
+            );
+            assert_eq!(restore, json!("5s"), "{given}");
+        }
+    }
 
     fn version(number: u32, meta: Option<(&str, State)>, blocked: bool) -> Version {
         Version {
