@@ -8,8 +8,11 @@
 //!  commit tick ◀── tracker ◀──────────── settle ◀──────────┘
 //! ```
 //!
-//! A batch goes out when it holds `batch_size` events or `batch_max_bytes`, or after `linger`;
-//! up to `max_in_flight_requests` batches are in flight, each in its own task. An event that
+//! A batch goes out when it holds `batch_size` events or `batch_max_bytes`, when no message has
+//! come for [`IDLE_GAP`] (the topic is quiet: waiting longer only adds latency), or at the latest
+//! `linger` after it opened (messages keep coming: batch them); up to `max_in_flight_requests`
+//! batches are in flight, each in its own task. So a trickle is written at once and a backlog in
+//! full batches, without a setting to choose between them. An event that
 //! versions cannot order after a batch in flight (see [`crate::batch`]) waits for it; a
 //! TRUNCATE marker waits for every batch in flight.
 
@@ -38,6 +41,10 @@ use group::SinkContext;
 
 /// How long a graceful stop waits for the batches in flight.
 const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A pause in the messages this long sends the open batch. While a backlog is read, messages
+/// follow each other within microseconds; a transaction's events reach the consumer together.
+pub const IDLE_GAP: Duration = Duration::from_millis(2);
 
 /// A message copied out of the client's buffer (borrowed messages must not outlive the
 /// consumer, and must not be held across awaits).
@@ -97,16 +104,17 @@ impl Reader {
         let mut commit_tick = tokio::time::interval(Duration::from_secs(1));
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shared.writer.shutdown.clone();
+        let mut last_message: Option<std::time::Instant> = None;
         loop {
             let full = self.batch.is_full(&self.shared.prepared.config);
             if full && self.in_flight.len() < max_in_flight {
                 self.dispatch();
             }
             let full = self.batch.is_full(&self.shared.prepared.config);
-            let deadline = self
-                .batch
-                .opened()
-                .map(|opened| tokio::time::Instant::from_std(opened + linger));
+            let deadline = self.batch.opened().map(|opened| {
+                let quiet = last_message.map_or(opened, |at| at.max(opened)) + IDLE_GAP;
+                tokio::time::Instant::from_std(quiet.min(opened + linger))
+            });
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -118,6 +126,7 @@ impl Reader {
                 }
                 _ = commit_tick.tick() => self.commit(consumer, CommitMode::Async),
                 message = consumer.recv(), if !full => {
+                    last_message = Some(std::time::Instant::now());
                     let received = match message {
                         Ok(message) => Received {
                             partition: message.partition(),
