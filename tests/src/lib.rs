@@ -4,6 +4,11 @@
 //! command `deploy/local/test.sh` exports them). Every test takes a [`TestContext`], which gives it
 //! its own database, replication slot, publication, topic prefix, consumer group and index names,
 //! so tests run in parallel and never share state; dropping the context removes all of them.
+//!
+//! A test builds its config with [`TestContext::config`] ([`config`]), runs the binaries
+//! ([`process`]) or the producer and consumer in this process ([`pipeline`]), and checks what a
+//! user would: the topic and the offsets ([`kafka`]), the index ([`cluster`]), the slot's
+//! confirmed LSN (here). docs/development.md shows how.
 
 pub mod cluster;
 pub mod config;
