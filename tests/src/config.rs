@@ -293,7 +293,7 @@ impl Sink {
         self.field("transform", json!(transform))
     }
 
-    /// The actions applied (`insert`, `update`, `delete`, `truncate`).
+    /// The actions written (`insert`, `update`, `delete`, `read`: backfilled rows).
     pub fn actions(self, actions: &[&str]) -> Self {
         self.field("actions", json!(actions))
     }
