@@ -49,20 +49,11 @@ ES_INSTANCE=${SLUICE_ES_INSTANCE:-elasticsearch}
 SERVICE=$ES_INSTANCE
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
-
-case $ES_INSTANCE in
-  *[!a-z0-9-]* | "" | -*) die "SLUICE_ES_INSTANCE must be lower-case letters, digits and dashes (got '$ES_INSTANCE')" ;;
-esac
-# ES_VAR: the instance's name in variable names (elasticsearch8 -> ELASTICSEARCH8).
-ES_VAR=$(echo "$ES_INSTANCE" | tr '[:lower:]-' '[:upper:]_')
-# ES_SELF: the command of this instance, for messages (each instance has a wrapper named after it).
-ES_SELF=deploy/local/$ES_INSTANCE.sh
-
-# override NAME DEFAULT: $SLUICE_<INSTANCE>_NAME when set, DEFAULT otherwise.
-override() {
-  local var="SLUICE_${ES_VAR}_$1"
-  echo "${!var:-$2}"
-}
+# shellcheck source-path=SCRIPTDIR source=jvm.sh
+. "$(dirname "$0")/jvm.sh"
+jvm_instance "$ES_INSTANCE" SLUICE_ES_INSTANCE
+ES_VAR=$JVM_VAR
+ES_SELF=$JVM_SELF
 
 ES_VERSION=$(override VERSION "${SLUICE_ES_VERSION:-9.2.4}")
 ES_HEAP=$(override HEAP 512m)
@@ -89,50 +80,41 @@ if [ "$ES_TOKEN_SERVICE" = 1 ]; then ES_LICENSE=trial; else ES_LICENSE=basic; fi
 ES_CLUSTER=sluice-local-$ES_INSTANCE
 ES_CACHE=$SLUICE_CACHE_DIR/elasticsearch
 ES_HOME=$ES_CACHE/elasticsearch-$ES_VERSION
-ES_STATE=$SLUICE_STATE_DIR/$ES_INSTANCE
+ES_STATE=$JVM_STATE
 ES_CONF=$ES_STATE/config
-ES_LOGS=$ES_STATE/logs
-ES_CONSOLE=$ES_LOGS/console.log
-# launcher.pid: the process we started (the CLI launcher JVM, parent of the server JVM).
-# run/elasticsearch.pid: the server JVM, written by Elasticsearch (-p) once it has bootstrapped.
-ES_LAUNCHER_PID=$ES_STATE/launcher.pid
-ES_SERVER_PID=$ES_STATE/run/elasticsearch.pid
+ES_LOGS=$JVM_LOGS
 ES_API_KEY_FILE=$ES_STATE/api-key
-ES_ENV_FILE=$SLUICE_STATE_DIR/$ES_INSTANCE.env
-ES_LOCK=$SLUICE_STATE_DIR/.$ES_INSTANCE.lock
 # The test CA's certificate (the same file for every TLS instance), when TLS is on.
 ES_CA=$SLUICE_TLS_DIR/ca.crt
+# The analysis shim's source (see install_analysis_shim).
+ES_SHIM_SOURCE=$(cd "$(dirname "$0")" && pwd)/analysis-shim/AnalysisShimPlugin.java
 
-# ours PIDFILE: the pid in PIDFILE is alive and belongs to the Elasticsearch of this state dir.
-ours() {
-  pid_alive "$1" && grep -qaF -- "$ES_STATE/" "/proc/$(cat "$1")/cmdline" 2>/dev/null
+# What jvm.sh runs. launcher.pid is the process started (the CLI launcher JVM, parent of the
+# server JVM); run/elasticsearch.pid the server JVM, written by Elasticsearch once it has
+# bootstrapped.
+JVM_PRODUCT=Elasticsearch
+JVM_VERSION=$ES_VERSION
+JVM_BIN=elasticsearch
+JVM_HOME=$ES_HOME
+JVM_CACHE=$ES_CACHE
+JVM_HEAP=$ES_HEAP
+JVM_TIMEOUT=$ES_TIMEOUT
+JVM_PORT_BASE=$ES_PORT_BASE
+JVM_TRANSPORT_PORT_BASE=$ES_TRANSPORT_PORT_BASE
+JVM_SERVER_PID=$ES_STATE/run/elasticsearch.pid
+
+# es_java: the JDK Elasticsearch runs on, and the environment it runs with.
+es_java() {
+  JVM_JAVA=$(java_home_at_least "$ES_JAVA_MIN") || die "no JDK $ES_JAVA_MIN+ in /usr/lib/jvm (Elasticsearch $ES_VERSION needs one)"
+  JVM_ENV=(ES_JAVA_HOME="$JVM_JAVA" ES_PATH_CONF="$ES_CONF" ES_TMPDIR="$ES_STATE/tmp")
 }
 
-require_tools() {
-  local missing=()
-  command -v curl >/dev/null || missing+=(curl)
-  command -v unzip >/dev/null || missing+=(unzip)
-  command -v jq >/dev/null || missing+=(jq)
-  command -v mvn >/dev/null || missing+=(maven)
-  command -v setpriv >/dev/null || missing+=(util-linux)
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-}
-
-# install_distribution: the zip from Maven Central (once), unpacked in the cache (once).
-install_distribution() {
-  [ -x "$ES_HOME/bin/elasticsearch" ] && return 0
-  local zip=$ES_CACHE/elasticsearch-$ES_VERSION.zip tmp
-  if [ ! -s "$zip" ]; then
-    log "fetching org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip from Maven Central"
-    maven_fetch "org.elasticsearch.distribution.integ-test-zip:elasticsearch:$ES_VERSION:zip" "$ES_CACHE"
-  fi
-  log "unpacking $zip"
-  tmp=$(mktemp -d "$ES_CACHE/.unpack.XXXXXX")
-  unzip -q "$zip" -d "$tmp"
-  chmod -R a+rX "$tmp"
-  rm -rf "$ES_HOME"
-  mv "$tmp/elasticsearch-$ES_VERSION" "$ES_HOME"
-  rm -rf "$tmp"
+# jvm_prepare: tools, the JDK, the distribution and the analysis shim.
+jvm_prepare() {
+  require_commands curl unzip jq mvn=maven setpriv=util-linux
+  es_java
+  jvm_install_zip org.elasticsearch.distribution.integ-test-zip elasticsearch
+  install_analysis_shim
 }
 
 # install_analysis_shim: the integ-test zip lacks the analysis-common module, but the mapping of
@@ -144,105 +126,15 @@ install_distribution() {
 install_analysis_shim() {
   local dir=$ES_HOME/plugins/sluice-analysis-shim
   [ -s "$dir/sluice-analysis-shim.jar" ] && return 0
-  [ -x "$ES_JAVA/bin/javac" ] || die "$ES_JAVA has no javac: a full JDK $ES_JAVA_MIN+ is needed to build the analysis shim"
+  [ -x "$JVM_JAVA/bin/javac" ] || die "$JVM_JAVA has no javac: a full JDK $ES_JAVA_MIN+ is needed to build the analysis shim"
   log "building the analysis shim plugin (uax_url_email, pattern_capture, unique)"
   local build
   build=$(mktemp -d)
-  mkdir -p "$build/src/sluice/esshim" "$build/classes"
-  cat >"$build/src/sluice/esshim/AnalysisShimPlugin.java" <<'JAVA'
-package sluice.esshim;
-
-import java.io.IOException;
-import java.util.Arrays;
-import java.util.List;
-import java.util.Map;
-import java.util.regex.Pattern;
-import org.apache.lucene.analysis.CharArraySet;
-import org.apache.lucene.analysis.TokenFilter;
-import org.apache.lucene.analysis.TokenStream;
-import org.apache.lucene.analysis.Tokenizer;
-import org.apache.lucene.analysis.email.UAX29URLEmailTokenizer;
-import org.apache.lucene.analysis.pattern.PatternCaptureGroupTokenFilter;
-import org.apache.lucene.analysis.tokenattributes.CharTermAttribute;
-import org.elasticsearch.index.analysis.TokenFilterFactory;
-import org.elasticsearch.index.analysis.TokenizerFactory;
-import org.elasticsearch.indices.analysis.AnalysisModule.AnalysisProvider;
-import org.elasticsearch.plugins.AnalysisPlugin;
-import org.elasticsearch.plugins.Plugin;
-
-/** The three analysis components of analysis-common that the .security index mapping uses. */
-public class AnalysisShimPlugin extends Plugin implements AnalysisPlugin {
-    @Override
-    public Map<String, AnalysisProvider<TokenizerFactory>> getTokenizers() {
-        return Map.of("uax_url_email", (indexSettings, env, name, settings) -> {
-            int maxTokenLength = settings.getAsInt("max_token_length", 255);
-            return TokenizerFactory.newFactory(name, () -> {
-                UAX29URLEmailTokenizer tokenizer = new UAX29URLEmailTokenizer();
-                tokenizer.setMaxTokenLength(maxTokenLength);
-                return tokenizer;
-            });
-        });
-    }
-
-    @Override
-    public Map<String, AnalysisProvider<TokenFilterFactory>> getTokenFilters() {
-        return Map.of("pattern_capture", AnalysisPlugin.requiresAnalysisSettings((indexSettings, env, name, settings) -> {
-            List<String> regexes = settings.getAsList("patterns");
-            if (regexes.isEmpty()) {
-                throw new IllegalArgumentException("required setting 'patterns' is missing for token filter [" + name + "]");
-            }
-            Pattern[] patterns = regexes.stream().map(Pattern::compile).toArray(Pattern[]::new);
-            boolean preserveOriginal = settings.getAsBoolean("preserve_original", true);
-            return filter(name, in -> new PatternCaptureGroupTokenFilter(in, preserveOriginal, patterns));
-        }), "unique", (indexSettings, env, name, settings) -> filter(name, UniqueFilter::new));
-    }
-
-    private static TokenFilterFactory filter(String name, java.util.function.UnaryOperator<TokenStream> create) {
-        return new TokenFilterFactory() {
-            @Override
-            public String name() {
-                return name;
-            }
-
-            @Override
-            public TokenStream create(TokenStream in) {
-                return create.apply(in);
-            }
-        };
-    }
-
-    /** Drops every term already seen in the stream (analysis-common's `unique`, without options). */
-    static final class UniqueFilter extends TokenFilter {
-        private final CharTermAttribute term = addAttribute(CharTermAttribute.class);
-        private final CharArraySet seen = new CharArraySet(8, false);
-
-        UniqueFilter(TokenStream in) {
-            super(in);
-        }
-
-        @Override
-        public boolean incrementToken() throws IOException {
-            while (input.incrementToken()) {
-                if (!seen.contains(term.buffer(), 0, term.length())) {
-                    seen.add(Arrays.copyOf(term.buffer(), term.length()));
-                    return true;
-                }
-            }
-            return false;
-        }
-
-        @Override
-        public void reset() throws IOException {
-            super.reset();
-            seen.clear();
-        }
-    }
-}
-JAVA
-  "$ES_JAVA/bin/javac" -nowarn --release "$ES_JAVA_MIN" -cp "$ES_HOME/lib/*" -d "$build/classes" \
-    "$build/src/sluice/esshim/AnalysisShimPlugin.java" >&2
+  mkdir -p "$build/classes"
+  "$JVM_JAVA/bin/javac" -nowarn --release "$ES_JAVA_MIN" -cp "$ES_HOME/lib/*" -d "$build/classes" \
+    "$ES_SHIM_SOURCE" >&2
   mkdir -p "$build/plugin"
-  "$ES_JAVA/bin/jar" --create --file "$build/plugin/sluice-analysis-shim.jar" -C "$build/classes" . >&2
+  "$JVM_JAVA/bin/jar" --create --file "$build/plugin/sluice-analysis-shim.jar" -C "$build/classes" . >&2
   cat >"$build/plugin/plugin-descriptor.properties" <<EOF
 description=sluice local tests: uax_url_email, pattern_capture and unique for the .security index
 version=$ES_VERSION
@@ -255,14 +147,6 @@ EOF
   rm -rf "$dir"
   mv "$build/plugin" "$dir"
   rm -rf "$build"
-}
-
-# as_service CMD...: runs CMD as the service user with a clean environment.
-as_service() {
-  setpriv --reuid="$SLUICE_SERVICE_USER" --regid="$(id -g "$SLUICE_SERVICE_USER")" --init-groups \
-    env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$ES_STATE" LANG=C.UTF-8 \
-    ES_JAVA_HOME="$ES_JAVA" ES_PATH_CONF="$ES_CONF" ES_TMPDIR="$ES_STATE/tmp" \
-    "$@"
 }
 
 # write_config HTTP_PORT TRANSPORT_PORT: config dir in the state dir (rewritten on every start so
@@ -330,7 +214,6 @@ EOF
   fi
 }
 
-http_port() { cat "$SLUICE_STATE_DIR/ports/$ES_INSTANCE"; }
 base_url() {
   if [ "$ES_TLS" = 1 ]; then echo "https://127.0.0.1:$(http_port)"; else echo "http://127.0.0.1:$(http_port)"; fi
 }
@@ -356,17 +239,6 @@ answering() {
     grep -q "\"cluster_name\":\"$ES_CLUSTER\""
 }
 
-# up_or_dead: stops the wait when Elasticsearch answers or when its process is gone.
-up_or_dead() { answering || ! pid_alive "$ES_LAUNCHER_PID"; }
-
-wait_ready() {
-  wait_until "$ES_TIMEOUT" "$ES_CONSOLE" "$ES_INSTANCE" up_or_dead
-  if ! answering; then
-    log "$ES_INSTANCE exited during startup"
-    fail_with_log "$ES_CONSOLE"
-  fi
-}
-
 # The key's name says which privileges it was made with; a key from an older script is replaced.
 API_KEY_NAME=sluice-tests-2
 
@@ -390,7 +262,7 @@ ensure_api_key() {
     -X POST "$(base_url)/_security/api_key" -d "$body" >"$tmp"; then
     rm -f "$tmp"
     log "could not create the API key"
-    fail_with_log "$ES_CONSOLE"
+    fail_with_log "$JVM_CONSOLE"
   fi
   chmod 600 "$tmp"
   mv "$tmp" "$ES_API_KEY_FILE"
@@ -414,124 +286,15 @@ check_token_service() {
     die "a bearer token from _security/oauth2/token is refused by _security/_authenticate"
 }
 
-publish_env() {
+publish_hook() {
   ensure_api_key
   check_token_service
-  (umask 077 && env_lines >"$ES_ENV_FILE")
-  env_lines
-}
-
-cmd_start() {
-  exec 9>"$ES_LOCK"
-  flock 9
-  START_OK=0
-  if ours "$ES_LAUNCHER_PID"; then
-    trap stop_unless_started EXIT
-    if ! answering; then
-      log "$ES_INSTANCE (pid $(cat "$ES_LAUNCHER_PID")) is starting: waiting"
-      wait_ready
-    fi
-    log "$ES_INSTANCE already running on $(base_url)"
-    publish_env
-    START_OK=1
-    return 0
-  fi
-  rm -f "$ES_LAUNCHER_PID" "$ES_SERVER_PID" "$ES_ENV_FILE"
-
-  require_tools
-  ensure_service_user
-  ES_JAVA=$(java_home_at_least "$ES_JAVA_MIN") || die "no JDK $ES_JAVA_MIN+ in /usr/lib/jvm (Elasticsearch $ES_VERSION needs one)"
-  install_distribution
-  install_analysis_shim
-
-  local http transport p
-  http=$(pick_port "$ES_INSTANCE" "$ES_PORT_BASE")
-  transport=$(pick_port "$ES_INSTANCE-transport" "$ES_TRANSPORT_PORT_BASE")
-  for p in "$http" "$transport"; do
-    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${ES_VAR}_PORT / SLUICE_${ES_VAR}_TRANSPORT_PORT, or run '$ES_SELF clean' to pick new ports)"
-  done
-  # The service user must reach the distribution and its state dir whatever root's umask was.
-  chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$ES_CACHE"
-  write_config "$http" "$transport"
-
-  log "starting Elasticsearch $ES_VERSION on $(base_url) (transport $transport, heap $ES_HEAP, java $ES_JAVA)"
-  echo "=== start $(date -u +%FT%TZ) ===" >>"$ES_CONSOLE"
-  chown "$SLUICE_SERVICE_USER:" "$ES_CONSOLE"
-  # setsid: own session, so a Ctrl-C or hangup of the caller does not reach the JVMs. The subshell
-  # is not a process group leader, so setsid does not fork and $! is the CLI launcher JVM.
-  (
-    cd "$ES_STATE"
-    exec setsid setpriv --reuid="$SLUICE_SERVICE_USER" --regid="$(id -g "$SLUICE_SERVICE_USER")" --init-groups \
-      env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$ES_STATE" LANG=C.UTF-8 \
-      ES_JAVA_HOME="$ES_JAVA" ES_PATH_CONF="$ES_CONF" ES_TMPDIR="$ES_STATE/tmp" \
-      "$ES_HOME/bin/elasticsearch" -p "$ES_SERVER_PID"
-  ) </dev/null >>"$ES_CONSOLE" 2>&1 9>&- &
-  echo $! >"$ES_LAUNCHER_PID"
-  trap stop_unless_started EXIT
-  local t0=$SECONDS
-  wait_ready
-  log "$ES_INSTANCE answered after $((SECONDS - t0))s"
-  publish_env
-  START_OK=1
-}
-
-# stop_processes: the stop itself (the caller holds the lock).
-stop_processes() {
-  rm -f "$ES_ENV_FILE"
-  if ours "$ES_SERVER_PID"; then stop_pid "$ES_SERVER_PID" elasticsearch 60; fi
-  # The launcher exits by itself once the server is gone; on its own it forwards the stop.
-  if ours "$ES_LAUNCHER_PID"; then stop_pid "$ES_LAUNCHER_PID" elasticsearch-launcher 60; fi
-  rm -f "$ES_SERVER_PID" "$ES_LAUNCHER_PID"
-}
-
-cmd_stop() {
-  exec 9>"$ES_LOCK"
-  flock 9
-  stop_processes
-}
-
-# stop_unless_started: EXIT trap of a start; a start that failed stops what it left running, so
-# no half-started JVM keeps the ports.
-stop_unless_started() {
-  if [ "$START_OK" != 1 ]; then
-    log "start failed: stopping what it left running"
-    stop_processes
-  fi
-}
-
-cmd_env() {
-  if ! ours "$ES_LAUNCHER_PID" || [ ! -s "$ES_ENV_FILE" ]; then
-    log "$ES_INSTANCE is not running"
-    exit 1
-  fi
-  cat "$ES_ENV_FILE"
 }
 
 # cmd_fetch: the distribution with the analysis shim, for the local container image.
 cmd_fetch() {
-  require_tools
-  ES_JAVA=$(java_home_at_least "$ES_JAVA_MIN") || die "no JDK $ES_JAVA_MIN+ in /usr/lib/jvm (Elasticsearch $ES_VERSION needs one)"
-  install_distribution
-  install_analysis_shim
+  jvm_prepare
   echo "$ES_HOME"
 }
 
-cmd_clean() {
-  cmd_stop
-  log "deleting $ES_STATE"
-  rm -rf "$ES_STATE" "$ES_ENV_FILE" "$ES_LOCK"
-  forget_port "$ES_INSTANCE"
-  forget_port "$ES_INSTANCE-transport"
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  env) cmd_env ;;
-  clean) cmd_clean ;;
-  fetch) cmd_fetch ;;
-  *)
-    echo "usage: $ES_SELF start|stop|env|clean|fetch" >&2
-    exit 2
-    ;;
-esac
+jvm_main "${1:-}" fetch

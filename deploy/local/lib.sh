@@ -137,20 +137,25 @@ maven_fetch() {
   mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2
 }
 
-# java_home_at_least MAJOR: prints a JDK home of at least that major version, preferring the
-# newest one installed.
-java_home_at_least() {
-  local want=$1 dir ver
+# java_home_between MIN MAX: prints the home of the newest JDK installed whose major version is
+# within [MIN, MAX] (OpenSearch 2.x needs the Java SecurityManager, gone in JDK 24+).
+java_home_between() {
+  local min=$1 max=$2 dir ver major
   for dir in $(printf '%s\n' /usr/lib/jvm/*/ | sort -rV); do
     [ -x "$dir/bin/java" ] || continue
     ver=$("$dir/bin/java" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
-    if [ -n "$ver" ] && [ "${ver%%.*}" -ge "$want" ]; then
+    major=${ver%%.*}
+    if [ -n "$major" ] && [ "$major" -ge "$min" ] && [ "$major" -le "$max" ]; then
       echo "${dir%/}"
       return 0
     fi
   done
   return 1
 }
+
+# java_home_at_least MAJOR: prints a JDK home of at least that major version, preferring the
+# newest one installed.
+java_home_at_least() { java_home_between "$1" 999; }
 
 # The test CA of the TLS clusters, in $SLUICE_STATE_DIR/tls (made once, shared by every instance
 # that serves TLS): ca.crt is what a client trusts (SLUICE_TEST_*_CA). The server certificates it

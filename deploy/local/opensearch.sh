@@ -8,6 +8,7 @@
 #   deploy/local/opensearch.sh stop    SIGTERM, wait, kill; keeps data and ports
 #   deploy/local/opensearch.sh env     prints the export line when running (exit 1 otherwise)
 #   deploy/local/opensearch.sh clean   stop, then delete data, logs and remembered ports
+#   deploy/local/opensearch.sh fetch   only fetch the distribution and add its modules; prints its directory
 #
 # Instance settings (set by the wrappers; defaults in brackets):
 #   SLUICE_OS_INSTANCE        name of the instance [opensearch]: state in $SLUICE_STATE_DIR/<name>,
@@ -43,20 +44,10 @@ OS_INSTANCE=${SLUICE_OS_INSTANCE:-opensearch}
 SERVICE=$OS_INSTANCE
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
-
-case $OS_INSTANCE in
-  *[!a-z0-9-]* | "" | -*) die "SLUICE_OS_INSTANCE must be lower-case letters, digits and dashes (got '$OS_INSTANCE')" ;;
-esac
-# OS_VAR: the instance's name in variable names (opensearch3 -> OPENSEARCH3).
-OS_VAR=$(echo "$OS_INSTANCE" | tr '[:lower:]-' '[:upper:]_')
-# OS_SELF: the command of this instance, for messages (each instance has a wrapper named after it).
-OS_SELF=deploy/local/$OS_INSTANCE.sh
-
-# override NAME DEFAULT: $SLUICE_<INSTANCE>_NAME when set, DEFAULT otherwise.
-override() {
-  local var="SLUICE_${OS_VAR}_$1"
-  echo "${!var:-$2}"
-}
+# shellcheck source-path=SCRIPTDIR source=jvm.sh
+. "$(dirname "$0")/jvm.sh"
+jvm_instance "$OS_INSTANCE" SLUICE_OS_INSTANCE
+OS_VAR=$JVM_VAR
 
 OS_VERSION=$(override VERSION "${SLUICE_OS_VERSION:-2.19.6}")
 OS_HEAP=$(override HEAP 512m)
@@ -79,62 +70,44 @@ OS_HOME=$OS_CACHE/opensearch-$OS_VERSION
 if [ "$OS_SECURITY" = 1 ]; then OS_HOME=$OS_HOME-security; fi
 # The test CA's certificate (the same file for every TLS instance), when security is on.
 OS_CA=$SLUICE_TLS_DIR/ca.crt
-OS_STATE=$SLUICE_STATE_DIR/$OS_INSTANCE
+OS_STATE=$JVM_STATE
 OS_CONF=$OS_STATE/config
-OS_LOGS=$OS_STATE/logs
-OS_CONSOLE=$OS_LOGS/console.log
-# launcher.pid: the process we started (bin/opensearch execs the JVM, so it is the JVM itself).
-# run/opensearch.pid: written by OpenSearch (-p) once it has bootstrapped.
-OS_LAUNCHER_PID=$OS_STATE/launcher.pid
-OS_SERVER_PID=$OS_STATE/run/opensearch.pid
-OS_ENV_FILE=$SLUICE_STATE_DIR/$OS_INSTANCE.env
-OS_LOCK=$SLUICE_STATE_DIR/.$OS_INSTANCE.lock
+OS_LOGS=$JVM_LOGS
 
-# ours PIDFILE: the pid in PIDFILE is alive and is the OpenSearch of this state dir.
-ours() {
-  pid_alive "$1" && grep -qaF -- "$OS_STATE/" "/proc/$(cat "$1")/cmdline" 2>/dev/null
-}
+# What jvm.sh runs. launcher.pid is the process started (bin/opensearch execs the JVM, so it is
+# the JVM itself); run/opensearch.pid is written by OpenSearch once it has bootstrapped.
+JVM_PRODUCT=OpenSearch
+JVM_VERSION=$OS_VERSION
+JVM_BIN=opensearch
+JVM_HOME=$OS_HOME
+JVM_CACHE=$OS_CACHE
+JVM_HEAP=$OS_HEAP
+JVM_TIMEOUT=$OS_TIMEOUT
+JVM_PORT_BASE=$OS_PORT_BASE
+JVM_TRANSPORT_PORT_BASE=$OS_TRANSPORT_PORT_BASE
+JVM_SERVER_PID=$OS_STATE/run/opensearch.pid
 
-# jdk_home_between MIN MAX: newest JDK whose major version is within [MIN, MAX]. OpenSearch 2.x
-# needs the Java SecurityManager, which JDK 24+ no longer provides, so the newest JDK will not do.
-jdk_home_between() {
-  local min=$1 max=$2 dir ver major
-  for dir in $(printf '%s\n' /usr/lib/jvm/*/ | sort -rV); do
-    [ -x "$dir/bin/java" ] || continue
-    ver=$("$dir/bin/java" -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')
-    major=${ver%%.*}
-    if [ -n "$major" ] && [ "$major" -ge "$min" ] && [ "$major" -le "$max" ]; then
-      echo "${dir%/}"
-      return 0
-    fi
-  done
-  return 1
-}
-
-require_tools() {
-  local missing=()
-  command -v curl >/dev/null || missing+=(curl)
-  command -v unzip >/dev/null || missing+=(unzip)
-  command -v mvn >/dev/null || missing+=(maven)
-  command -v setpriv >/dev/null || missing+=(util-linux)
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+# jvm_prepare: tools, the JDK, the distribution with its extra modules (and security plugin).
+jvm_prepare() {
+  require_commands curl unzip mvn=maven setpriv=util-linux
+  if [ "$OS_JAVA_MAX" -lt 24 ]; then
+    JVM_JAVA=$(java_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX") || {
+      apt_install openjdk-17-jre-headless
+      JVM_JAVA=$(java_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX")
+    } || die "no JDK $OS_JAVA_MIN..$OS_JAVA_MAX found (OpenSearch 2.x does not run on JDK 24+)"
+  else
+    JVM_JAVA=$(java_home_at_least "$OS_JAVA_MIN") ||
+      die "no JDK $OS_JAVA_MIN+ in /usr/lib/jvm (OpenSearch $OS_VERSION needs one; e.g. apt-get install openjdk-21-jre-headless where Debian has it)"
+  fi
+  JVM_ENV=(OPENSEARCH_JAVA_HOME="$JVM_JAVA" OPENSEARCH_PATH_CONF="$OS_CONF" OPENSEARCH_TMPDIR="$OS_STATE/tmp")
+  install_distribution
+  install_extra_modules
+  if [ "$OS_SECURITY" = 1 ]; then install_security_plugin; fi
 }
 
 # install_distribution: the zip from Maven Central (once), unpacked in the cache (once).
 install_distribution() {
-  [ -x "$OS_HOME/bin/opensearch" ] && return 0
-  local zip=$OS_CACHE/opensearch-$OS_VERSION.zip tmp
-  if [ ! -s "$zip" ]; then
-    log "fetching org.opensearch.distribution.integ-test-zip:opensearch:$OS_VERSION:zip from Maven Central"
-    maven_fetch "org.opensearch.distribution.integ-test-zip:opensearch:$OS_VERSION:zip" "$OS_CACHE"
-  fi
-  log "unpacking $zip"
-  tmp=$(mktemp -d "$OS_CACHE/.unpack.XXXXXX")
-  unzip -q "$zip" -d "$tmp"
-  chmod -R a+rX "$tmp"
-  rm -rf "$OS_HOME"
-  mv "$tmp/opensearch-$OS_VERSION" "$OS_HOME"
-  rm -rf "$tmp"
+  jvm_install_zip org.opensearch.distribution.integ-test-zip opensearch
 }
 
 # The modules a real OpenSearch ships and the integ-test zip leaves out, rebuilt from their jars on
@@ -247,7 +220,7 @@ install_security_plugin() {
       die "Maven Central has no $coords (the security plugin must match OpenSearch's version exactly)"
   fi
   log "installing the security plugin into $OS_HOME"
-  OPENSEARCH_JAVA_HOME=$OS_JAVA OPENSEARCH_PATH_CONF=$OS_HOME/config \
+  OPENSEARCH_JAVA_HOME=$JVM_JAVA OPENSEARCH_PATH_CONF=$OS_HOME/config \
     "$OS_HOME/bin/opensearch-plugin" install --batch "file://$zip" >&2 ||
     die "opensearch-plugin could not install $zip"
   chmod -R a+rX "$OS_HOME"
@@ -285,7 +258,7 @@ plugins.security.audit.type: noop
 EOF
   # The plugin's own files (action groups, built-in roles, …) less its demo users, then ours.
   cp -r "$OS_HOME/config/opensearch-security/." "$OS_CONF/opensearch-security/"
-  hash=$(OPENSEARCH_JAVA_HOME=$OS_JAVA JAVA_HOME=$OS_JAVA \
+  hash=$(OPENSEARCH_JAVA_HOME=$JVM_JAVA JAVA_HOME=$JVM_JAVA \
     bash "$OS_HOME/plugins/opensearch-security/tools/hash.sh" -p "$OS_PASSWORD" 2>/dev/null | tail -n 1)
   case $hash in \$2*) ;; *) die "the security plugin's tools/hash.sh gave no bcrypt hash" ;; esac
   cat >"$OS_CONF/opensearch-security/internal_users.yml" <<EOF
@@ -366,7 +339,6 @@ EOF
   if [ "$OS_SECURITY" = 1 ]; then chmod -R u=rwX,go= "$OS_CONF"; fi
 }
 
-http_port() { cat "$SLUICE_STATE_DIR/ports/$OS_INSTANCE"; }
 base_url() {
   if [ "$OS_SECURITY" = 1 ]; then echo "https://127.0.0.1:$(http_port)"; else echo "http://127.0.0.1:$(http_port)"; fi
 }
@@ -392,141 +364,10 @@ answering() {
     grep -q "\"cluster_name\":\"$OS_CLUSTER\""
 }
 
-# up_or_dead: stops the wait when OpenSearch answers or when its process is gone.
-up_or_dead() { answering || ! pid_alive "$OS_LAUNCHER_PID"; }
-
-wait_ready() {
-  wait_until "$OS_TIMEOUT" "$OS_CONSOLE" "$OS_INSTANCE" up_or_dead
-  if ! answering; then
-    log "$OS_INSTANCE exited during startup"
-    fail_with_log "$OS_CONSOLE"
-  fi
-}
-
-publish_env() {
-  (umask 077 && env_lines >"$OS_ENV_FILE")
-  env_lines
-}
-
-cmd_start() {
-  exec 9>"$OS_LOCK"
-  flock 9
-  START_OK=0
-  if ours "$OS_LAUNCHER_PID"; then
-    trap stop_unless_started EXIT
-    if ! answering; then
-      log "$OS_INSTANCE (pid $(cat "$OS_LAUNCHER_PID")) is starting: waiting"
-      wait_ready
-    fi
-    log "$OS_INSTANCE already running on $(base_url)"
-    publish_env
-    START_OK=1
-    return 0
-  fi
-  rm -f "$OS_LAUNCHER_PID" "$OS_SERVER_PID" "$OS_ENV_FILE"
-
-  require_tools
-  ensure_service_user
-  local http transport
-  if [ "$OS_JAVA_MAX" -lt 24 ]; then
-    OS_JAVA=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX") || {
-      apt_install openjdk-17-jre-headless
-      OS_JAVA=$(jdk_home_between "$OS_JAVA_MIN" "$OS_JAVA_MAX")
-    } || die "no JDK $OS_JAVA_MIN..$OS_JAVA_MAX found (OpenSearch 2.x does not run on JDK 24+)"
-  else
-    OS_JAVA=$(java_home_at_least "$OS_JAVA_MIN") ||
-      die "no JDK $OS_JAVA_MIN+ in /usr/lib/jvm (OpenSearch $OS_VERSION needs one; e.g. apt-get install openjdk-21-jre-headless where Debian has it)"
-  fi
-  install_distribution
-  install_extra_modules
-  if [ "$OS_SECURITY" = 1 ]; then install_security_plugin; fi
-
-  http=$(pick_port "$OS_INSTANCE" "$OS_PORT_BASE")
-  transport=$(pick_port "$OS_INSTANCE-transport" "$OS_TRANSPORT_PORT_BASE")
-  local p
-  for p in "$http" "$transport"; do
-    port_in_use "$p" && die "port $p is taken by another process (set SLUICE_${OS_VAR}_PORT / SLUICE_${OS_VAR}_TRANSPORT_PORT, or run '$OS_SELF clean' to pick new ports)"
-  done
-  # The service user must reach the distribution and its state dir whatever root's umask was.
-  chmod o+x "$SLUICE_STATE_DIR" "$SLUICE_CACHE_DIR" "$OS_CACHE"
-  write_config "$http" "$transport"
-
-  log "starting OpenSearch $OS_VERSION on $(base_url) (transport $transport, heap $OS_HEAP, java $OS_JAVA)"
-  echo "=== start $(date -u +%FT%TZ) ===" >>"$OS_CONSOLE"
-  chown "$SLUICE_SERVICE_USER:" "$OS_CONSOLE"
-  # setsid: own session, so a Ctrl-C or hangup of the caller does not reach the JVM. The subshell is
-  # not a process group leader, so setsid does not fork and $! is the JVM itself (bin/opensearch execs).
-  (
-    cd "$OS_STATE"
-    exec setsid setpriv --reuid="$SLUICE_SERVICE_USER" --regid="$(id -g "$SLUICE_SERVICE_USER")" --init-groups \
-      env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$OS_STATE" LANG=C.UTF-8 \
-      OPENSEARCH_JAVA_HOME="$OS_JAVA" OPENSEARCH_PATH_CONF="$OS_CONF" OPENSEARCH_TMPDIR="$OS_STATE/tmp" \
-      "$OS_HOME/bin/opensearch" -p "$OS_SERVER_PID"
-  ) </dev/null >>"$OS_CONSOLE" 2>&1 9>&- &
-  echo $! >"$OS_LAUNCHER_PID"
-  trap stop_unless_started EXIT
-  local t0=$SECONDS
-  wait_ready
-  log "$OS_INSTANCE answered after $((SECONDS - t0))s"
-  publish_env
-  START_OK=1
-}
-
-# stop_processes: the stop itself (the caller holds the lock).
-stop_processes() {
-  rm -f "$OS_ENV_FILE"
-  if ours "$OS_SERVER_PID"; then stop_pid "$OS_SERVER_PID" opensearch 60; fi
-  if ours "$OS_LAUNCHER_PID"; then stop_pid "$OS_LAUNCHER_PID" opensearch 60; fi
-  rm -f "$OS_SERVER_PID" "$OS_LAUNCHER_PID"
-}
-
-cmd_stop() {
-  exec 9>"$OS_LOCK"
-  flock 9
-  stop_processes
-}
-
-# stop_unless_started: EXIT trap of a start; a start that failed stops what it left running, so
-# no half-started JVM keeps the ports.
-stop_unless_started() {
-  if [ "$START_OK" != 1 ]; then
-    log "start failed: stopping what it left running"
-    stop_processes
-  fi
-}
-
-cmd_env() {
-  if ! ours "$OS_LAUNCHER_PID" || [ ! -s "$OS_ENV_FILE" ]; then
-    log "$OS_INSTANCE is not running"
-    exit 1
-  fi
-  cat "$OS_ENV_FILE"
-}
-
 # cmd_fetch: the distribution with the extra modules, for the local container image.
 cmd_fetch() {
-  require_tools
-  install_distribution
-  install_extra_modules
+  jvm_prepare
   echo "$OS_HOME"
 }
 
-cmd_clean() {
-  cmd_stop
-  log "deleting $OS_STATE"
-  rm -rf "$OS_STATE" "$OS_ENV_FILE" "$OS_LOCK"
-  forget_port "$OS_INSTANCE"
-  forget_port "$OS_INSTANCE-transport"
-}
-
-case "${1:-}" in
-  start) cmd_start ;;
-  stop) cmd_stop ;;
-  env) cmd_env ;;
-  clean) cmd_clean ;;
-  fetch) cmd_fetch ;;
-  *)
-    echo "usage: $OS_SELF start|stop|env|clean|fetch" >&2
-    exit 2
-    ;;
-esac
+jvm_main "${1:-}" fetch

@@ -4,11 +4,26 @@
 //! command `deploy/local/test.sh` exports them). Every test takes a [`TestContext`], which gives it
 //! its own database, replication slot, publication, topic prefix, consumer group and index names,
 //! so tests run in parallel and never share state; dropping the context removes all of them.
+//!
+//! A test builds its config with [`TestContext::config`] ([`config`]), runs the binaries
+//! ([`process`]) or the producer and consumer in this process ([`pipeline`]), and checks what a
+//! user would: the topic and the offsets ([`kafka`]), the index ([`cluster`]), the slot's
+//! confirmed LSN (here). docs/development.md shows how.
 
+pub mod cluster;
+pub mod config;
 pub mod fold;
+pub mod kafka;
+pub mod pipeline;
+pub mod process;
 pub mod proxy;
-pub mod sink;
 pub mod traffic;
+
+pub use cluster::{Cluster, Doc};
+pub use config::{ConfigBuilder, Sink};
+pub use kafka::{RawRecord, Record};
+pub use pipeline::Pipeline;
+pub use process::{Process, StoppedService, binary, free_port, json_report, run_command, service};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +32,6 @@ use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// Where the real services are.
 #[derive(Debug, Clone)]
@@ -167,6 +181,23 @@ impl TestContext {
         Ok(context)
     }
 
+    /// A context with these endpoints that creates nothing and removes nothing (for unit tests
+    /// of the harness).
+    #[cfg(test)]
+    pub(crate) fn offline(endpoints: Endpoints) -> Self {
+        Self {
+            id: format!("offline_{}", std::process::id()),
+            database: "t_offline".to_owned(),
+            slot: "s_offline".to_owned(),
+            publication: "p_offline".to_owned(),
+            topic_prefix: "t.offline".to_owned(),
+            group: "g.offline".to_owned(),
+            index_prefix: "i-offline".to_owned(),
+            endpoints,
+            cleaned: true,
+        }
+    }
+
     /// URL of this test's own database, as the superuser.
     pub fn postgres_url(&self) -> String {
         with_database(&self.endpoints.postgres_url, &self.database)
@@ -198,35 +229,6 @@ impl TestContext {
     /// An index name of this test.
     pub fn index(&self, name: &str) -> String {
         format!("{}-{name}", self.index_prefix)
-    }
-
-    /// An HTTP client for Elasticsearch with the test API key, and the base URL.
-    /// Panics with how to get it when Elasticsearch is not configured.
-    pub fn elasticsearch(&self) -> (reqwest::Client, String) {
-        let endpoints = &self.endpoints;
-        let (Some(url), Some(key)) = (
-            &endpoints.elasticsearch_url,
-            &endpoints.elasticsearch_api_key,
-        ) else {
-            panic!(
-                "SLUICE_TEST_ELASTICSEARCH_URL/_API_KEY are not set: start it with deploy/local/up.sh"
-            );
-        };
-        (
-            cluster_client(
-                Some(&format!("ApiKey {key}")),
-                endpoints.elasticsearch_ca.as_deref(),
-            ),
-            url.clone(),
-        )
-    }
-
-    /// An HTTP client for OpenSearch and the base URL. Panics when OpenSearch is not configured.
-    pub fn opensearch(&self) -> (reqwest::Client, String) {
-        let Some(url) = &self.endpoints.opensearch_url else {
-            panic!("SLUICE_TEST_OPENSEARCH_URL is not set: start it with deploy/local/up.sh");
-        };
-        (opensearch_client(&self.endpoints), url.clone())
     }
 
     /// Removes everything this test made. Also runs (best effort) when the context is dropped,
@@ -310,24 +312,7 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
 
     // Indices with the test's prefix on both clusters (aliases go with their indices).
     let pattern = format!("{}-*", context.index_prefix);
-    let endpoints = &context.endpoints;
-    let mut clusters = Vec::new();
-    if let (Some(url), Some(key)) = (
-        &endpoints.elasticsearch_url,
-        &endpoints.elasticsearch_api_key,
-    ) {
-        clusters.push((
-            cluster_client(
-                Some(&format!("ApiKey {key}")),
-                endpoints.elasticsearch_ca.as_deref(),
-            ),
-            url.clone(),
-        ));
-    }
-    if let Some(url) = &endpoints.opensearch_url {
-        clusters.push((opensearch_client(endpoints), url.clone()));
-    }
-    for (client, base) in clusters {
+    for (client, base) in cluster::configured(&context.endpoints) {
         // Index templates the test's sinks installed (`sluice-{sink}`).
         let templates = format!("{base}/_index_template/sluice-{}*", context.group);
         if let Err(error) = client.delete(&templates).send().await {
@@ -349,33 +334,9 @@ async fn cleanup(context: &TestContext) -> anyhow::Result<()> {
 }
 
 async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
-    // One admin client for everything: a consumer created only to read metadata can hang in
-    // rd_kafka_destroy. Blocking calls go to a thread of their own, since cleanup also runs
-    // from Drop on a small runtime.
+    // One admin client for everything (see `topics_and_groups`).
     let admin = std::sync::Arc::new(context.kafka_admin()?);
-    let reader = admin.clone();
-    let topic_prefix = format!("{}.", context.topic_prefix);
-    let group_prefix = context.group.clone();
-    let (topics, groups) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<String>, Vec<String>)> {
-            let client = reader.inner();
-            let metadata = client.fetch_metadata(None, Duration::from_secs(10))?;
-            let topics = metadata
-                .topics()
-                .iter()
-                .map(|t| t.name().to_owned())
-                .filter(|name| name.starts_with(&topic_prefix) || name.starts_with(&group_prefix))
-                .collect();
-            let groups = client
-                .fetch_group_list(None, Duration::from_secs(10))?
-                .groups()
-                .iter()
-                .map(|g| g.name().to_owned())
-                .filter(|name| name.starts_with(&group_prefix))
-                .collect();
-            Ok((topics, groups))
-        })
-        .await??;
+    let (topics, groups) = context.topics_and_groups(admin.clone()).await?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     if !topics.is_empty() {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -386,31 +347,6 @@ async fn delete_topics(context: &TestContext) -> anyhow::Result<()> {
         admin.delete_groups(&names, &options).await?;
     }
     Ok(())
-}
-
-/// A client that sends `authorization` with every request and trusts the CA in `ca_file`.
-fn cluster_client(authorization: Option<&str>, ca_file: Option<&str>) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(value) = authorization.and_then(|v| v.parse().ok()) {
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let mut builder = reqwest::Client::builder().default_headers(headers);
-    if let Some(certificate) = ca_file
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
-    {
-        builder = builder.tls_certs_merge([certificate]);
-    }
-    builder.build().unwrap_or_default()
-}
-
-fn opensearch_client(endpoints: &Endpoints) -> reqwest::Client {
-    use base64::Engine as _;
-    let authorization = endpoints.opensearch_user.as_ref().map(|(user, password)| {
-        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        format!("Basic {pair}")
-    });
-    cluster_client(authorization.as_deref(), endpoints.opensearch_ca.as_deref())
 }
 
 /// Connects with tokio-postgres, driving the connection on a task.
@@ -461,120 +397,15 @@ where
     }
 }
 
-/// A message read back from a topic.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Vec<u8>,
-    /// `None` for a tombstone.
-    pub event: Option<sluice_proto::v1::ChangeEvent>,
-}
-
-impl Record {
-    /// The key as text (keys are JSON).
-    pub fn key_text(&self) -> String {
-        String::from_utf8_lossy(&self.key).into_owned()
-    }
-}
-
 impl TestContext {
-    /// A config for this test: its database, slot, publication and topic prefix, telemetry on a
-    /// free port. `tables` and `extra` are YAML written under `tables:` and at the top level.
-    pub fn config_yaml(&self, tables: &str, extra: &str) -> String {
-        format!(
-            "postgres:\n  url: {url}\n  slot: {slot}\n  publication: {publication}\n\
-             kafka:\n  brokers: {brokers}\n  topic_prefix: {prefix}\n  partitions: 3\n\
-             tables:\n{tables}\n\
-             telemetry:\n  producer_listen: 127.0.0.1:0\n  consumer_listen: 127.0.0.1:0\n  log_level: info\n\
-             {extra}\n",
-            url = self.postgres_url(),
-            slot = self.slot,
-            publication = self.publication,
-            brokers = self.endpoints.kafka_brokers,
-            prefix = self.topic_prefix,
-        )
-    }
-
-    /// Writes `yaml` to this test's config file and returns its path.
+    /// Writes `yaml` to this test's config file and returns its path: for tests that need a
+    /// broken or unusual file (the others build theirs with [`TestContext::config`]).
     pub fn write_config(&self, yaml: &str) -> anyhow::Result<std::path::PathBuf> {
-        let dir = std::env::temp_dir().join("sluice-tests").join(&self.id);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("sluice.yaml");
-        std::fs::write(&path, yaml)?;
-        Ok(path)
-    }
-
-    /// Parses and validates `yaml` the way the binaries do.
-    pub fn config(&self, yaml: &str) -> anyhow::Result<sluice_common::config::Config> {
-        let path = self.write_config(yaml)?;
-        Ok(sluice_common::config::load(&path)?)
+        config::write_file(&self.config_dir(), yaml)
     }
 
     pub fn topic(&self, table: &str) -> String {
         format!("{}.{table}", self.topic_prefix)
-    }
-
-    /// Every message of `topic` from the beginning to its current end.
-    pub async fn read_topic(&self, topic: &str) -> anyhow::Result<Vec<Record>> {
-        use rdkafka::Message as _;
-        use sluice_proto::Message as _;
-        let consumer: BaseConsumer = self
-            .kafka_config()
-            .set("group.id", format!("{}.reader", self.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()?;
-        let topic_owned = topic.to_owned();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Record>> {
-            let topic = topic_owned.as_str();
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .first()
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default();
-            let mut ends = std::collections::HashMap::new();
-            let mut assignment = rdkafka::TopicPartitionList::new();
-            for &partition in &partitions {
-                let (_, high) =
-                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-                ends.insert(partition, high);
-                assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
-            }
-            consumer.assign(&assignment)?;
-            let mut records = Vec::new();
-            let mut done: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while ends
-                .iter()
-                .any(|(p, high)| done.get(p).copied().unwrap_or(-1) + 1 < *high)
-            {
-                if std::time::Instant::now() > deadline {
-                    bail!(
-                        "reading {topic}: only got {} messages before the deadline",
-                        records.len()
-                    );
-                }
-                let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-                    continue;
-                };
-                let message = message?;
-                done.insert(message.partition(), message.offset());
-                let event = match message.payload() {
-                    Some(bytes) => Some(sluice_proto::v1::ChangeEvent::decode(bytes)?),
-                    None => None,
-                };
-                records.push(Record {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().unwrap_or_default().to_vec(),
-                    event,
-                });
-            }
-            Ok(records)
-        })
-        .await?
     }
 
     /// The slot's `confirmed_flush_lsn` (0 when the slot does not exist).
@@ -589,6 +420,34 @@ impl TestContext {
         Ok(row
             .and_then(|r| r.get::<_, Option<i64>>(0))
             .map_or(0, |v| v as u64))
+    }
+
+    /// Waits until the test's slot exists with a confirmed LSN, i.e. a producer has set up and
+    /// is about to stream (changes written from now on are captured); returns that LSN.
+    pub async fn wait_for_slot(&self, timeout: Duration) -> anyhow::Result<u64> {
+        eventually(
+            timeout,
+            "the producer created its replication slot",
+            || async {
+                let lsn = self.confirmed_lsn().await?;
+                Ok((lsn > 0).then_some(lsn))
+            },
+        )
+        .await
+    }
+
+    /// Waits until the slot's confirmed LSN is at least `lsn`; returns it.
+    pub async fn wait_confirmed(&self, lsn: u64, timeout: Duration) -> anyhow::Result<u64> {
+        let wanted = sluice_producer::stats::format_lsn(lsn);
+        eventually(
+            timeout,
+            &format!("the slot confirmed LSN {wanted}"),
+            || async {
+                let confirmed = self.confirmed_lsn().await?;
+                Ok((confirmed >= lsn).then_some(confirmed))
+            },
+        )
+        .await
     }
 
     /// True while a walsender holds the test's slot (a producer is streaming).
@@ -610,209 +469,5 @@ impl TestContext {
             .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
-    }
-
-    /// Starts `sluice-producer run` in this process (as a task); cancel the token to stop it.
-    pub fn spawn_producer(
-        &self,
-        config: sluice_common::config::Config,
-    ) -> (
-        tokio_util::sync::CancellationToken,
-        tokio::task::JoinHandle<Result<(), sluice_producer::Error>>,
-    ) {
-        let token = tokio_util::sync::CancellationToken::new();
-        let handle = tokio::spawn(sluice_producer::run(config, token.clone()));
-        (token, handle)
-    }
-}
-
-/// Path of a workspace binary (`sluice-producer`, `sluice-consumer`), built by the test command
-/// before the tests run.
-pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    // target/debug/deps/<test binary> → target/debug/<name>
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .context("test binary has no target directory")?;
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it first with `cargo build --bins` (deploy/local/test.sh does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A sluice binary running as a child process, with its output in a log file.
-#[derive(Debug)]
-pub struct Process {
-    pub child: tokio::process::Child,
-    pub log: std::path::PathBuf,
-}
-
-impl Process {
-    /// Starts `binary args…` (one of the project's binaries), logging to `log`.
-    pub fn start(
-        binary_name: &str,
-        args: &[&str],
-        log: std::path::PathBuf,
-    ) -> anyhow::Result<Self> {
-        Self::start_program(&binary(binary_name)?, args, log)
-    }
-
-    /// Starts any `program args…`, logging to `log`.
-    pub fn start_program(
-        program: &std::path::Path,
-        args: &[&str],
-        log: std::path::PathBuf,
-    ) -> anyhow::Result<Self> {
-        let output = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = tokio::process::Command::new(program)
-            .args(args)
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Self { child, log })
-    }
-
-    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.child.id().context("the process has already exited")?;
-        let status = tokio::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed: {status}");
-        }
-        Ok(())
-    }
-
-    /// SIGKILL: the process gets no chance to flush or confirm anything.
-    pub async fn kill9(&mut self) -> anyhow::Result<()> {
-        self.signal("KILL").await?;
-        self.child.wait().await?;
-        Ok(())
-    }
-
-    /// SIGTERM, then waits for the exit code.
-    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        self.signal("TERM").await?;
-        let status = tokio::time::timeout(timeout, self.child.wait()).await??;
-        Ok(status.code())
-    }
-
-    /// Waits for the process to exit by itself.
-    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let status = tokio::time::timeout(timeout, self.child.wait()).await??;
-        Ok(status.code())
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Runs `binary --config config args…` to its end (at most `timeout`), logging to `log` beside
-/// the config: the exit code and everything it printed.
-pub async fn run_command(
-    binary_name: &str,
-    config: &std::path::Path,
-    args: &[&str],
-    log: &str,
-    timeout: Duration,
-) -> anyhow::Result<(Option<i32>, String)> {
-    let mut all = vec![
-        "--config",
-        config.to_str().context("config path is not UTF-8")?,
-    ];
-    all.extend_from_slice(args);
-    let mut process = Process::start(binary_name, &all, config.with_file_name(log))?;
-    let code = process.wait(timeout).await?;
-    Ok((code, process.output()))
-}
-
-/// The JSON report of a `--format json` command: the last line of its output that parses as a
-/// JSON object (logs come before it).
-pub fn json_report(output: &str) -> anyhow::Result<serde_json::Value> {
-    output
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .filter(serde_json::Value::is_object)
-        })
-        .with_context(|| format!("no JSON report in\n{output}"))
-}
-
-/// Runs a `deploy/local/<service>.sh` command (`stop`, `start`), for fault tests.
-pub async fn service(name: &str, command: &str) -> anyhow::Result<()> {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/local/{name}.sh"));
-    let status = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(command)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("{} {command} failed: {status}", script.display());
-    }
-    Ok(())
-}
-
-/// A shared service a test stopped (`deploy/local/{name}.sh stop`). It is started again when
-/// this is dropped while stopped, so a failing assertion never leaves it down for the tests that
-/// run after.
-#[derive(Debug)]
-pub struct StoppedService {
-    name: &'static str,
-    stopped: bool,
-}
-
-impl StoppedService {
-    pub async fn stop(name: &'static str) -> anyhow::Result<Self> {
-        let guard = Self {
-            name,
-            stopped: true,
-        };
-        service(name, "stop").await?;
-        Ok(guard)
-    }
-
-    /// Starts the service again and waits until it answers.
-    pub async fn start(mut self) -> anyhow::Result<()> {
-        service(self.name, "start").await?;
-        self.stopped = false;
-        Ok(())
-    }
-}
-
-impl Drop for StoppedService {
-    fn drop(&mut self) {
-        if !self.stopped {
-            return;
-        }
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../deploy/local/{}.sh", self.name));
-        let status = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .stdout(std::process::Stdio::null())
-            .status();
-        if !matches!(&status, Ok(s) if s.success()) {
-            eprintln!(
-                "could not start {} again ({status:?}): run `bash {} start`",
-                self.name,
-                script.display()
-            );
-        }
     }
 }

@@ -11,9 +11,9 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::Cluster;
 use crate::TestContext;
 use crate::fold::Fold;
-use crate::sink::Cluster;
 
 /// The table the rebuild and replay tests change: `items(id, name, qty, note)`.
 pub const ITEMS: &str = "CREATE TABLE items (

@@ -13,20 +13,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_tests::proxy::Proxy;
-use sluice_tests::sink::Cluster;
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Process, TestContext, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// alerts.yaml with its waiting times shortened (see the module's doc).
 fn fast_rules() -> String {
@@ -92,53 +83,36 @@ async fn a_real_prometheus_fires_and_resolves_the_alerts_when_the_cluster_goes_a
     .await
     .unwrap();
     let sink = context
-        .sink_yaml(
-            "items",
-            "public.items",
-            Cluster::Elasticsearch,
-            "items",
-            "    unready_after: 3s\n",
-            "",
-        )
-        .replace(elasticsearch.trim_end_matches('/'), &proxy.url());
+        .sink(Cluster::Elasticsearch, "items", "public.items")
+        .endpoint(&proxy.url())
+        .unready_after(Duration::from_secs(3));
     let (producer_port, consumer_port, prometheus_port) = (free_port(), free_port(), free_port());
-    let yaml = context
-        .config_yaml("  - name: public.items", &format!("sinks:\n{sink}"))
-        .replace(
-            "producer_listen: 127.0.0.1:0",
-            &format!("producer_listen: 127.0.0.1:{producer_port}"),
-        )
-        .replace(
-            "consumer_listen: 127.0.0.1:0",
-            &format!("consumer_listen: 127.0.0.1:{consumer_port}"),
-        );
-    let path = context.write_config(&yaml).unwrap();
+    let path = context
+        .config()
+        .table("public.items")
+        .sink(sink)
+        .producer_port(producer_port)
+        .consumer_port(consumer_port)
+        .write()
+        .unwrap();
     let dir = path.parent().unwrap().to_owned();
-    let config = path.to_str().unwrap();
-    let mut producer = Process::start(
-        "sluice-producer",
-        &["--config", config, "run"],
-        dir.join("producer.log"),
-    )
-    .unwrap();
-    let mut consumer = Process::start(
-        "sluice-consumer",
-        &["--config", config, "run"],
-        dir.join("consumer.log"),
-    )
-    .unwrap();
+    let mut producer = Process::run("sluice-producer", &path, "producer.log").unwrap();
+    let mut consumer = Process::run("sluice-consumer", &path, "consumer.log").unwrap();
 
     context.wait_streaming().await.unwrap();
     std::fs::write(dir.join("rules.yaml"), fast_rules()).unwrap();
+    let scrape = |job: &str, port: u16| json!({"job_name": job, "static_configs": [{"targets": [format!("127.0.0.1:{port}")]}]});
+    let prometheus_config = json!({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yaml"],
+        "scrape_configs": [
+            scrape("sluice-producer", producer_port),
+            scrape("sluice-consumer", consumer_port),
+        ],
+    });
     std::fs::write(
         dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files: [rules.yaml]\n\
-             scrape_configs:\n\
-             \x20 - job_name: sluice-producer\n    static_configs: [{{targets: ['127.0.0.1:{producer_port}']}}]\n\
-             \x20 - job_name: sluice-consumer\n    static_configs: [{{targets: ['127.0.0.1:{consumer_port}']}}]\n"
-        ),
+        serde_saphyr::to_string(&prometheus_config).unwrap(),
     )
     .unwrap();
     let mut prometheus_process = Process::start_program(
@@ -222,12 +196,7 @@ async fn a_real_prometheus_fires_and_resolves_the_alerts_when_the_cluster_goes_a
     .unwrap();
 
     for process in [&mut consumer, &mut producer, &mut prometheus_process] {
-        assert_eq!(
-            process.terminate(WAIT).await.unwrap(),
-            Some(0),
-            "{}",
-            process.output()
-        );
+        process.stop(WAIT).await.unwrap();
     }
     context.cleanup().await.unwrap();
 }

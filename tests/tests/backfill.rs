@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,13 +16,13 @@ use sluice_proto::key;
 use sluice_proto::v1::value::Kind;
 use sluice_proto::v1::{Op, Value};
 use sluice_tests::fold::{self, Fold};
-use sluice_tests::{Process, Record, TestContext, connect, eventually};
+use sluice_tests::{Process, Record, TestContext, connect, eventually, run_command};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Rows in the big table.
 const ROWS: i64 = 200_000;
 /// Rows per chunk in these tests: 40 chunks for the big table.
-const CHUNK: usize = 5_000;
+const CHUNK: u32 = 5_000;
 
 type Rows = BTreeMap<Vec<u8>, BTreeMap<String, Option<Kind>>>;
 
@@ -203,27 +203,12 @@ fn assert_exact(records: &[Record], table: &Rows, what: &str) {
     );
 }
 
-fn log_path(config: &Path, name: &str) -> PathBuf {
-    config.with_file_name(format!("{name}.log"))
-}
-
-fn start_producer(config: &Path, log: &str) -> Process {
-    let path = config.to_str().unwrap();
-    Process::start(
-        "sluice-producer",
-        &["--config", path, "run"],
-        log_path(config, log),
-    )
-    .unwrap()
-}
-
-/// Runs `sluice-producer --config CONFIG ARGS…` to its end: exit code and output.
+/// Runs `sluice-producer --config CONFIG ARGS…` to its end, logging to `{log}.log`: exit code
+/// and output.
 async fn command(config: &Path, args: &[&str], log: &str) -> (Option<i32>, String) {
-    let mut all = vec!["--config", config.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let mut process = Process::start("sluice-producer", &all, log_path(config, log)).unwrap();
-    let code = process.wait(WAIT).await.unwrap();
-    (code, process.output())
+    run_command("sluice-producer", config, args, &format!("{log}.log"), WAIT)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,11 +216,14 @@ async fn a_backfill_under_concurrent_writes_folds_to_exactly_the_table() {
     let context = TestContext::new("backfill_exact").await.unwrap();
     let db = context.postgres().await.unwrap();
     create_items(&db, ROWS).await;
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!("producer:\n  backfill_chunk_size: {CHUNK}\n  status_interval: 1s"),
-    );
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .backfill(true)
+        .backfill_chunk_size(CHUNK)
+        .status_interval(Duration::from_secs(1))
+        .load()
+        .unwrap();
     let (stop, producer) = context.spawn_producer(config);
 
     let writing = Arc::new(AtomicBool::new(false));
@@ -287,18 +275,19 @@ async fn kill_9_in_the_middle_of_a_backfill_resumes_from_the_last_finished_chunk
     let db = context.postgres().await.unwrap();
     create_items(&db, ROWS).await;
     // Rate-limited so the kill lands in the middle.
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!(
-            "producer:\n  backfill_chunk_size: {CHUNK}\n  backfill_max_rows_per_second: 25000\n  \
-             status_interval: 1s"
-        ),
-    );
-    let config = context.write_config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .backfill(true)
+        .backfill_chunk_size(CHUNK)
+        .backfill_max_rows_per_second(25_000)
+        .status_interval(Duration::from_secs(1))
+        .write()
+        .unwrap();
 
     let writing = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(context.postgres_url(), writing.clone());
-    let mut first = start_producer(&config, "producer-1");
+    let mut first = Process::run("sluice-producer", &config, "producer-1.log").unwrap();
     let (at_kill, key_at_kill) = eventually(
         Duration::from_secs(180),
         "the backfill persisted some progress",
@@ -323,7 +312,7 @@ async fn kill_9_in_the_middle_of_a_backfill_resumes_from_the_last_finished_chunk
         "killed with {persisted} rows persisted (≥ {at_kill} seen before the kill, last key {key_at_kill:?})"
     );
 
-    let mut second = start_producer(&config, "producer-2");
+    let mut second = Process::run("sluice-producer", &config, "producer-2.log").unwrap();
     wait_done(&db, "public.items", 0, Duration::from_secs(600)).await;
     writing.store(true, Ordering::SeqCst);
     writer.await.unwrap();
@@ -351,7 +340,7 @@ async fn kill_9_in_the_middle_of_a_backfill_resumes_from_the_last_finished_chunk
         per_key.len()
     );
     assert!(
-        read_twice <= 2 * CHUNK && duplicates <= 2 * CHUNK,
+        read_twice <= 2 * CHUNK as usize && duplicates <= 2 * CHUNK as usize,
         "{read_twice} keys were read more than once ({duplicates} extra READ events): the restart \
          re-read more than the two chunks in flight"
     );
@@ -371,12 +360,15 @@ async fn a_backfill_of_a_table_growing_at_its_end_finishes_at_its_starting_last_
     let db = context.postgres().await.unwrap();
     create_items(&db, START_ROWS).await;
     // 400 rows/s in chunks of 100: each chunk sees the ~10 rows appended since the one before.
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        "producer:\n  backfill_chunk_size: 100\n  backfill_max_rows_per_second: 400\n  \
-         status_interval: 1s",
-    );
-    let config = context.write_config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .backfill(true)
+        .backfill_chunk_size(100)
+        .backfill_max_rows_per_second(400)
+        .status_interval(Duration::from_secs(1))
+        .write()
+        .unwrap();
     let appending = Arc::new(AtomicBool::new(false));
     let appender = {
         let url = context.postgres_url();
@@ -396,7 +388,7 @@ async fn a_backfill_of_a_table_growing_at_its_end_finishes_at_its_starting_last_
             appended
         })
     };
-    let mut producer = start_producer(&config, "producer");
+    let mut producer = Process::run("sluice-producer", &config, "producer.log").unwrap();
     let (_, rows_done) = wait_done(&db, "public.items", 0, Duration::from_secs(90)).await;
     // Some more rows after the end, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -452,19 +444,6 @@ async fn create_accounts(db: &tokio_postgres::Client, per_tenant: i32) {
     .unwrap();
 }
 
-fn column<'a>(record: &'a Record, name: &str) -> Option<&'a Kind> {
-    record
-        .event
-        .as_ref()?
-        .record
-        .iter()
-        .find(|c| c.name == name)?
-        .value
-        .as_ref()?
-        .kind
-        .as_ref()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
     const PER_TENANT: i32 = 3_000;
@@ -472,13 +451,15 @@ async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
     let db = context.postgres().await.unwrap();
     create_accounts(&db, PER_TENANT).await;
     let topic = context.topic("public.accounts");
-    let extra = "producer:\n  backfill_chunk_size: 1000\n  status_interval: 1s";
-    let run_yaml = context.config_yaml("  - name: public.accounts", extra);
+    let accounts = context
+        .config()
+        .table("public.accounts")
+        .backfill_chunk_size(1000)
+        .status_interval(Duration::from_secs(1));
     // The commands' config also names a table without a primary key (the producer would refuse
     // to run with it).
-    let command_yaml =
-        context.config_yaml("  - name: public.accounts\n  - name: public.loose", extra);
-    let (stop, producer) = context.spawn_producer(context.config(&run_yaml).unwrap());
+    let with_loose = accounts.clone().table("public.loose");
+    let (stop, producer) = context.spawn_producer(accounts.load().unwrap());
     // The control table is created after the slot, right before streaming starts.
     eventually(WAIT, "producer streaming", || async {
         let ready = db
@@ -491,7 +472,7 @@ async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
     .unwrap();
     context.wait_streaming().await.unwrap();
     let listen = "127.0.0.1:0";
-    let config = context.write_config(&command_yaml).unwrap();
+    let config = with_loose.write().unwrap();
 
     // Bad input is refused before anything is written.
     let (code, output) = command(
@@ -588,7 +569,7 @@ async fn on_demand_backfills_filter_repeat_and_refuse_bad_input() {
     let read = reads(&records);
     assert_eq!(read.len(), records.len(), "only READ events were written");
     let tenants: BTreeMap<String, usize> = read.iter().fold(BTreeMap::new(), |mut acc, r| {
-        let tenant = match column(r, "tenant") {
+        let tenant = match r.column("tenant") {
             Some(Kind::Text(t)) => t.clone(),
             other => panic!("tenant is {other:?}"),
         };

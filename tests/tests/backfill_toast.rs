@@ -12,13 +12,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::sink::Cluster;
-use sluice_tests::{TestContext, connect, eventually};
+use sluice_tests::{Cluster, ConfigBuilder, Process, TestContext, connect, eventually};
 
 const ROWS: i32 = 6_000;
 /// Every third row carries a ~9.6 kB value that is stored out of line.
 const TOASTED_EVERY: i32 = 3;
 const WAIT: Duration = Duration::from_secs(120);
+
+/// `items` backfilled into the index `items` on Elasticsearch.
+fn items_config(context: &TestContext) -> ConfigBuilder {
+    context
+        .sink_config(Cluster::Elasticsearch, "items")
+        .backfill(true)
+}
 
 /// `items(id, qty, body)` with [`ROWS`] rows, every [`TOASTED_EVERY`]th with a ~9.6 kB body
 /// stored out of line, and the sequence new rows take their ids from.
@@ -101,19 +107,10 @@ async fn a_backfill_keeps_rows_whose_window_saw_only_updates_without_their_toast
         "the big values are TOASTed"
     );
 
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::Elasticsearch,
-        "items",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!("producer:\n  backfill_chunk_size: 100\nsinks:\n{sink}"),
-    );
-    let config = context.config(&yaml).unwrap();
+    let config = items_config(&context)
+        .backfill_chunk_size(100)
+        .load()
+        .unwrap();
     // The writer runs before the producer starts and until the backfill is done, so windows
     // keep seeing updates that leave `body` out.
     let stop = Arc::new(AtomicBool::new(false));
@@ -205,29 +202,12 @@ async fn kill_9_during_a_backfill_under_writes_leaves_nothing_for_verify_to_find
     let context = TestContext::new("backfill_kill").await.unwrap();
     let db = context.postgres().await.unwrap();
     create_items(&db).await;
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::Elasticsearch,
-        "items",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!(
-            "producer:\n  backfill_chunk_size: 200\n  backfill_max_rows_per_second: 3000\nsinks:\n{sink}"
-        ),
-    );
-    let path = context.write_config(&yaml).unwrap();
-    let start = |binary: &str, log: &str| {
-        sluice_tests::Process::start(
-            binary,
-            &["--config", path.to_str().unwrap(), "run"],
-            path.with_file_name(log),
-        )
-        .unwrap()
-    };
+    let path = items_config(&context)
+        .backfill_chunk_size(200)
+        .backfill_max_rows_per_second(3000)
+        .write()
+        .unwrap();
+    let start = |binary: &str, log: &str| Process::run(binary, &path, log).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_mixed_writer(context.postgres_url(), stop.clone());
     let mut producer = start("sluice-producer", "producer-1.log");
@@ -335,12 +315,7 @@ async fn kill_9_during_a_backfill_under_writes_leaves_nothing_for_verify_to_find
         .unwrap();
     assert_eq!(docs.len() as i64, rows, "{report}");
     for process in consumers.iter_mut().chain([&mut producer]) {
-        assert_eq!(
-            process.terminate(WAIT).await.unwrap(),
-            Some(0),
-            "{}",
-            process.output()
-        );
+        process.stop(WAIT).await.unwrap();
     }
     context.cleanup().await.unwrap();
 }

@@ -11,52 +11,48 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::{Process, TestContext};
+use sluice_tests::{Sink, TestContext, run_command};
 
 /// A consumer that exits by itself does so within this (the retry of a transient failure would
 /// not).
 const EXIT_WITHIN: Duration = Duration::from_secs(60);
 
-/// Runs `sluice-consumer <args>` with one sink on `endpoint` whose `elasticsearch:` section gets
-/// `es_fields` (auth, ca_file, …); returns its exit code and output.
+/// The sink every run here has: `items` into the index `access` on `endpoint`, with neither
+/// credentials nor CA yet.
+fn access(context: &TestContext, endpoint: &str) -> Sink {
+    context
+        .sink_at(endpoint, "access", "public.items")
+        .retry_max_backoff(Duration::from_secs(1))
+}
+
+/// Runs `sluice-consumer <args>` with `sink`; returns its exit code and output.
 async fn consumer(
     context: &TestContext,
-    endpoint: &str,
-    es_fields: &str,
+    sink: Sink,
     args: &[&str],
     log: &str,
 ) -> (Option<i32>, String) {
-    let sink = format!(
-        "  - name: {group}.access\n    table: public.items\n    elasticsearch:\n      endpoint: {endpoint}\n      index: {index}\n      retry_initial_backoff: 100ms\n      retry_max_backoff: 1s\n{es_fields}",
-        group = context.group,
-        index = context.index("access"),
-    );
-    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
-    let path = context.write_config(&yaml).unwrap();
-    let mut full = vec!["--config", path.to_str().unwrap()];
-    full.extend_from_slice(args);
-    let mut process = Process::start("sluice-consumer", &full, path.with_file_name(log)).unwrap();
-    let code = process.wait(EXIT_WITHIN).await.unwrap();
-    (code, process.output())
+    let path = context
+        .config()
+        .table("public.items")
+        .sink(sink)
+        .write()
+        .unwrap();
+    run_command("sluice-consumer", &path, args, log, EXIT_WITHIN)
+        .await
+        .unwrap()
 }
 
-/// `check` passes with these settings: the cluster accepted the credentials.
-async fn accepted(context: &TestContext, endpoint: &str, es_fields: &str, what: &str) {
-    let (code, output) = consumer(context, endpoint, es_fields, &["check"], what).await;
+/// `check` passes with this sink: the cluster accepted the credentials.
+async fn accepted(context: &TestContext, sink: Sink, what: &str) {
+    let (code, output) = consumer(context, sink, &["check"], what).await;
     assert_eq!(code, Some(0), "{what}: {output}");
     assert!(output.contains("credentials accepted"), "{what}: {output}");
 }
 
 /// `run` stops at start with exit 1, saying `problem` and `fix`, and prints the error once.
-async fn refused(
-    context: &TestContext,
-    endpoint: &str,
-    es_fields: &str,
-    what: &str,
-    problem: &str,
-    fix: &str,
-) {
-    let (code, output) = consumer(context, endpoint, es_fields, &["run"], what).await;
+async fn refused(context: &TestContext, sink: Sink, what: &str, problem: &str, fix: &str) {
+    let (code, output) = consumer(context, sink, &["run"], what).await;
     assert_eq!(code, Some(1), "{what}: exits 1 by itself: {output}");
     assert!(
         output.contains(problem),
@@ -90,26 +86,14 @@ async fn none_basic_and_api_key_are_accepted_and_wrong_credentials_stop_run() {
     let password = env("SLUICE_TEST_ELASTICSEARCH_PASSWORD");
     let os = env("SLUICE_TEST_OPENSEARCH_URL");
 
-    accepted(&context, &os, "", "none").await;
-    accepted(
-        &context,
-        &es,
-        &format!("      auth: {{ type: basic, username: {user}, password: \"{password}\" }}\n"),
-        "basic",
-    )
-    .await;
-    accepted(
-        &context,
-        &es,
-        &format!("      auth: {{ type: api_key, value: \"{key}\" }}\n"),
-        "api_key",
-    )
-    .await;
+    let es = access(&context, &es);
+    accepted(&context, access(&context, &os), "none").await;
+    accepted(&context, es.clone().basic_auth(&user, &password), "basic").await;
+    accepted(&context, es.clone().api_key(&key), "api_key").await;
 
     refused(
         &context,
-        &es,
-        "",
+        es.clone(),
         "no auth on a secured cluster",
         "HTTP 401",
         "elasticsearch.auth",
@@ -117,10 +101,7 @@ async fn none_basic_and_api_key_are_accepted_and_wrong_credentials_stop_run() {
     .await;
     refused(
         &context,
-        &es,
-        &format!(
-            "      auth: {{ type: basic, username: {user}, password: \"wrong-{password}\" }}\n"
-        ),
+        es.clone().basic_auth(&user, &format!("wrong-{password}")),
         "wrong password",
         "HTTP 401",
         "elasticsearch.auth",
@@ -128,8 +109,7 @@ async fn none_basic_and_api_key_are_accepted_and_wrong_credentials_stop_run() {
     .await;
     refused(
         &context,
-        &es,
-        "      auth: { type: api_key, value: \"bm90LWEta2V5Om5vdC1hLXNlY3JldA==\" }\n",
+        es.api_key("bm90LWEta2V5Om5vdC1hLXNlY3JldA=="),
         "wrong api key",
         "HTTP 401",
         "elasticsearch.auth",
@@ -171,14 +151,13 @@ async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_to
     let user = env("SLUICE_TEST_ELASTICSEARCH8_USER");
     let password = env("SLUICE_TEST_ELASTICSEARCH8_PASSWORD");
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let api_key = format!("      auth: {{ type: api_key, value: \"{key}\" }}\n");
-    let with_ca = format!("{api_key}      ca_file: {ca}\n");
+    let api_key = access(&context, &url).api_key(&key);
+    let with_ca = api_key.clone().ca_file(&ca);
 
-    accepted(&context, &url, &with_ca, "https with the CA file").await;
+    accepted(&context, with_ca.clone(), "https with the CA file").await;
     refused(
         &context,
-        &url,
-        &api_key,
+        api_key,
         "https without the CA file",
         "not signed by a trusted CA",
         "set elasticsearch.ca_file",
@@ -187,10 +166,10 @@ async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_to
 
     // The certificate names 127.0.0.1 (and a name of its own), not localhost.
     let localhost = url.replace("127.0.0.1", "localhost");
+    let on_localhost = with_ca.endpoint(&localhost);
     refused(
         &context,
-        &localhost,
-        &with_ca,
+        on_localhost.clone(),
         "a host name the certificate lacks",
         "not valid for this host name",
         "verify_hostname: false",
@@ -198,8 +177,7 @@ async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_to
     .await;
     let (code, output) = consumer(
         &context,
-        &localhost,
-        &format!("{with_ca}      verify_hostname: false\n"),
+        on_localhost.verify_hostname(false),
         &["check"],
         "verify_hostname-false",
     )
@@ -212,17 +190,11 @@ async fn over_https_the_ca_file_is_needed_the_host_name_is_checked_and_bearer_to
     );
 
     let token = bearer_token(&url, &ca, &user, &password).await;
-    accepted(
-        &context,
-        &url,
-        &format!("      auth: {{ type: bearer, token: \"{token}\" }}\n      ca_file: {ca}\n"),
-        "bearer",
-    )
-    .await;
+    let with_ca = access(&context, &url).ca_file(&ca);
+    accepted(&context, with_ca.clone().bearer(&token), "bearer").await;
     refused(
         &context,
-        &url,
-        &format!("      auth: {{ type: bearer, token: \"not-{token}\" }}\n      ca_file: {ca}\n"),
+        with_ca.bearer(&format!("not-{token}")),
         "wrong bearer token",
         "HTTP 401",
         "elasticsearch.auth",
@@ -239,19 +211,16 @@ async fn opensearch_with_its_security_plugin_over_https_with_basic_auth() {
     let user = env("SLUICE_TEST_OPENSEARCH_SECURE_USER");
     let password = env("SLUICE_TEST_OPENSEARCH_SECURE_PASSWORD");
     assert!(url.starts_with("https://"), "{url}");
-    let basic =
-        format!("      auth: {{ type: basic, username: {user}, password: \"{password}\" }}\n");
+    let secure = access(&context, &url);
     accepted(
         &context,
-        &url,
-        &format!("{basic}      ca_file: {ca}\n"),
+        secure.clone().basic_auth(&user, &password).ca_file(&ca),
         "basic over https",
     )
     .await;
     refused(
         &context,
-        &url,
-        &basic,
+        secure.clone().basic_auth(&user, &password),
         "https without the CA file",
         "not signed by a trusted CA",
         "set elasticsearch.ca_file",
@@ -259,10 +228,10 @@ async fn opensearch_with_its_security_plugin_over_https_with_basic_auth() {
     .await;
     refused(
         &context,
-        &url,
-        &format!(
-            "      auth: {{ type: basic, username: {user}, password: \"wrong-{password}\" }}\n      ca_file: {ca}\n"
-        ),
+        secure
+            .clone()
+            .basic_auth(&user, &format!("wrong-{password}"))
+            .ca_file(&ca),
         "wrong password",
         "HTTP 401",
         "elasticsearch.auth",
@@ -270,8 +239,7 @@ async fn opensearch_with_its_security_plugin_over_https_with_basic_auth() {
     .await;
     refused(
         &context,
-        &url,
-        &format!("      ca_file: {ca}\n"),
+        secure.ca_file(&ca),
         "no auth on a secured cluster",
         "HTTP 401",
         "elasticsearch.auth",

@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_tests::sink::{Cluster, Doc};
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Doc, Process, Sink, TestContext, eventually, on_each_cluster};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -27,15 +26,13 @@ const PRODUCTS: &str = "CREATE TABLE products (
 
 /// The products example of the README: filter `in_stock = true`, a transform keeping four
 /// fields.
-fn products_sink(context: &TestContext, cluster: Cluster, name: &str) -> String {
-    context.sink_yaml(
-        name,
-        "public.products",
-        cluster,
-        "products",
-        "    filter: in_stock = true\n    transform: |\n      { \"name\": .record.name, \"description\": .record.description, \"price\": .record.price, \"in_stock\": .record.in_stock }\n",
-        "",
-    )
+fn products_sink(context: &TestContext, cluster: Cluster) -> Sink {
+    context
+        .sink(cluster, "products", "public.products")
+        .filter("in_stock = true")
+        .transform(
+            r#"{ "name": .record.name, "description": .record.description, "price": .record.price, "in_stock": .record.in_stock }"#,
+        )
 }
 
 /// Waits until the index holds exactly the ids in `expected` with those sources.
@@ -45,27 +42,10 @@ async fn wait_for_documents(
     index: &str,
     expected: &BTreeMap<String, serde_json::Value>,
 ) -> BTreeMap<String, Doc> {
-    let result = eventually(
-        WAIT,
-        &format!("index {index} holds {expected:?}"),
-        || async {
-            let docs = context.documents(cluster, index).await?;
-            let sources: BTreeMap<String, serde_json::Value> = docs
-                .iter()
-                .map(|(id, doc)| (id.clone(), doc.source.clone()))
-                .collect();
-            if &sources == expected {
-                Ok(Some(docs))
-            } else {
-                anyhow::bail!("index holds {sources:?}")
-            }
-        },
-    )
-    .await;
-    match result {
-        Ok(docs) => docs,
-        Err(error) => panic!("{error:#}\n{}", context.kafka_report().await),
-    }
+    context
+        .wait_for_documents(cluster, index, expected, WAIT)
+        .await
+        .unwrap()
 }
 
 /// The commit LSN of the last event of every key on `topic` (what the document's version must
@@ -95,11 +75,12 @@ async fn products_example(cluster: Cluster, test: &str) {
     let context = TestContext::new(test).await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute(PRODUCTS).await.unwrap();
-    let yaml = context.config_yaml(
-        "  - name: public.products",
-        &format!("sinks:\n{}", products_sink(&context, cluster, "products")),
-    );
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.products")
+        .sink(products_sink(&context, cluster))
+        .load()
+        .unwrap();
     let pipeline = context.start_pipeline(config).await.unwrap();
 
     db.batch_execute(
@@ -167,26 +148,6 @@ async fn products_example(cluster: Cluster, test: &str) {
     context.cleanup().await.unwrap();
 }
 
-/// Runs a test of the suite on both kinds of cluster, as `NAME::elasticsearch` and
-/// `NAME::opensearch` (which instance of each: `SLUICE_TEST_*_INSTANCE`, see tests/src/lib.rs).
-macro_rules! on_each_cluster {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn elasticsearch() {
-                super::$name(Cluster::Elasticsearch, concat!(stringify!($name), "_es")).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn opensearch() {
-                super::$name(Cluster::OpenSearch, concat!(stringify!($name), "_os")).await;
-            }
-        }
-    )*};
-}
-
 on_each_cluster!(
     products_example,
     mapping_conflict,
@@ -203,16 +164,16 @@ async fn mapping_conflict(cluster: Cluster, test: &str) {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        cluster,
-        "items",
-        "",
-        "      mappings: { properties: { code: { type: long } } }\n",
-    );
-    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .sink(
+            context
+                .sink(cluster, "items", "public.items")
+                .mappings(json!({"properties": {"code": {"type": "long"}}})),
+        )
+        .load()
+        .unwrap();
     let pipeline = context.start_pipeline(config).await.unwrap();
     db.batch_execute("INSERT INTO items SELECT i, (i * 10)::text FROM generate_series(1, 50) i")
         .await
@@ -280,16 +241,10 @@ async fn a_message_that_is_not_protobuf_is_dead_lettered_without_a_crash_loop() 
     db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "notes",
-        "public.notes",
-        Cluster::OpenSearch,
-        "notes",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.notes", &format!("sinks:\n{sink}"));
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .sink_config(Cluster::OpenSearch, "notes")
+        .load()
+        .unwrap();
     let pipeline = context.start_pipeline(config).await.unwrap();
     db.batch_execute("INSERT INTO notes VALUES (1, 'before')")
         .await
@@ -344,18 +299,12 @@ async fn a_wrong_api_key_stops_the_consumer_and_commits_nothing() {
     db.batch_execute("CREATE TABLE things (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let good = context.sink_yaml(
-        "things",
-        "public.things",
-        Cluster::Elasticsearch,
-        "things",
-        "",
-        "",
+    let wrong_key = context.config().table("public.things").sink(
+        context
+            .sink(Cluster::Elasticsearch, "things", "public.things")
+            .api_key("bm90LWEta2V5Om5vdC1hLXNlY3JldA=="),
     );
-    let key = context.endpoints.elasticsearch_api_key.clone().unwrap();
-    let sink = good.replace(&key, "bm90LWEta2V5Om5vdC1hLXNlY3JldA==");
-    let yaml = context.config_yaml("  - name: public.things", &format!("sinks:\n{sink}"));
-    let config = context.config(&yaml).unwrap();
+    let config = wrong_key.load().unwrap();
     let (producer_stop, producer) = context.spawn_producer(config);
     context.wait_streaming().await.unwrap();
     db.batch_execute("INSERT INTO things SELECT generate_series(1, 10)")
@@ -368,14 +317,8 @@ async fn a_wrong_api_key_stops_the_consumer_and_commits_nothing() {
     .await
     .unwrap();
 
-    let path = context.write_config(&yaml).unwrap();
-    let log = path.with_file_name("consumer.log");
-    let mut process = Process::start(
-        "sluice-consumer",
-        &["--config", path.to_str().unwrap(), "run"],
-        log,
-    )
-    .unwrap();
+    let path = wrong_key.write().unwrap();
+    let mut process = Process::run("sluice-consumer", &path, "consumer.log").unwrap();
     let code = process.wait(Duration::from_secs(60)).await.unwrap();
     let output = process.output();
     assert_eq!(code, Some(1), "exit code; output:\n{output}");
@@ -420,24 +363,14 @@ async fn toasted_update(cluster: Cluster, test: &str) {
     db.execute("INSERT INTO docs VALUES (2, 'old', $1)", &[&body])
         .await
         .unwrap();
-    let sink = context.sink_yaml("docs", "public.docs", cluster, "docs", "", "");
-    // A transform that derives a field from the TOASTed column.
-    let previews = context.sink_yaml(
-        "previews",
-        "public.docs",
-        cluster,
-        "previews",
-        "    transform: |\n      { \"title\": .record.title, \"preview\": slice(string(.record.body) ?? \"\", 0, 8) ?? \"\" }\n",
-        "",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.docs",
-        &format!("sinks:\n{sink}{previews}"),
-    );
-    let pipeline = context
-        .start_pipeline(context.config(&yaml).unwrap())
-        .await
+    let config = context.sink_config(cluster, "docs")
+        // A transform that derives a field from the TOASTed column.
+        .sink(context.sink(cluster, "previews", "public.docs").transform(
+            r#"{ "title": .record.title, "preview": slice(string(.record.body) ?? "", 0, 8) ?? "" }"#,
+        ))
+        .load()
         .unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
     db.execute("INSERT INTO docs VALUES (1, 'first', $1)", &[&body])
         .await
         .unwrap();
@@ -512,12 +445,8 @@ async fn truncate(cluster: Cluster, test: &str) {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
-    let sink = context.sink_yaml("items", "public.items", cluster, "items", "", "");
-    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
-    let pipeline = context
-        .start_pipeline(context.config(&yaml).unwrap())
-        .await
-        .unwrap();
+    let config = context.sink_config(cluster, "items").load().unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
     db.batch_execute("INSERT INTO items SELECT i, i FROM generate_series(1, 100) i")
         .await
         .unwrap();
@@ -557,30 +486,22 @@ async fn per_tenant_indices(cluster: Cluster, test: &str) {
     )
     .await
     .unwrap();
-    let by_tenant = context.sink_yaml(
-        "by-tenant",
-        "public.orders",
-        cluster,
-        "orders-{{ record.tenant }}",
-        "",
-        "      mappings: { properties: { sku: { type: keyword } } }\n",
-    );
-    let by_sku = context.sink_yaml(
-        "by-sku",
-        "public.orders",
-        cluster,
-        "skus",
-        "    id_columns: [sku]\n",
-        "",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.orders",
-        &format!("sinks:\n{by_tenant}{by_sku}"),
-    );
-    let pipeline = context
-        .start_pipeline(context.config(&yaml).unwrap())
-        .await
+    let by_tenant = context
+        .sink(cluster, "by-tenant", "public.orders")
+        .index("orders-{{ record.tenant }}")
+        .mappings(json!({"properties": {"sku": {"type": "keyword"}}}));
+    let by_sku = context
+        .sink(cluster, "by-sku", "public.orders")
+        .index("skus")
+        .id_columns(&["sku"]);
+    let config = context
+        .config()
+        .table("public.orders")
+        .sink(by_tenant)
+        .sink(by_sku)
+        .load()
         .unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
     db.batch_execute(
         "INSERT INTO orders VALUES ('Acme', 1, 'A-1'), ('Acme', 2, 'A:2'), ('globex', 1, 'G-1')",
     )

@@ -4,33 +4,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+use std::path::Path;
 use std::time::Duration;
 
-use sluice_tests::sink::Cluster;
-use sluice_tests::{Process, TestContext, eventually};
+use serde_json::json;
+use sluice_tests::{Cluster, Sink, TestContext, eventually, free_port, run_command};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-async fn run_consumer(context: &TestContext, yaml: &str, args: &[&str]) -> (Option<i32>, String) {
-    let path = context.write_config(yaml).unwrap();
-    let log = path.with_file_name(format!("consumer-{}.log", args.join("-")));
-    let mut full = vec!["--config", path.to_str().unwrap()];
-    full.extend_from_slice(args);
-    let mut process = Process::start("sluice-consumer", &full, log).unwrap();
-    let code = process.wait(Duration::from_secs(60)).await.unwrap();
-    (code, process.output())
+/// Runs `sluice-consumer ARGS…` to its end, logging to `log` beside the config.
+async fn run_consumer(config: &Path, args: &[&str], log: &str) -> (Option<i32>, String) {
+    run_command(
+        "sluice-consumer",
+        config,
+        args,
+        log,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transform_that_does_not_compile_exits_2_naming_line_and_column_before_connecting() {
     let context = TestContext::new("bad_transform").await.unwrap();
-    // Nothing listens on port 1: a process that tried to connect would not exit at once.
+    // Nothing listens on port 1: a process that tried to connect would not exit at once. A
+    // literal file: what is tested is how the parser and the compilers report it.
     let yaml = "postgres:\n  url: postgres://nobody@127.0.0.1:1/db\n\
                 kafka:\n  brokers: 127.0.0.1:1\n\
                 tables:\n  - name: public.products\n\
                 sinks:\n  - name: products\n    table: public.products\n    filter: price >\n    transform: |\n      {\n        \"name\": upcase(.record.name)\n      }\n    elasticsearch:\n      endpoint: http://127.0.0.1:1\n      index: products\n";
     let started = std::time::Instant::now();
-    let (code, output) = run_consumer(&context, yaml, &["run"]).await;
+    let path = context.write_config(yaml).unwrap();
+    let (code, output) = run_consumer(&path, &["run"], "run.log").await;
     assert_eq!(code, Some(2), "{output}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -52,16 +58,12 @@ async fn a_transform_that_does_not_compile_exits_2_naming_line_and_column_before
 #[tokio::test(flavor = "multi_thread")]
 async fn check_reports_what_is_ready_and_what_is_wrong() {
     let context = TestContext::new("consumer_check").await.unwrap();
-    let good = context.sink_yaml(
-        "products",
-        "public.products",
-        Cluster::Elasticsearch,
-        "products",
-        "    filter: in_stock = true\n",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.products", &format!("sinks:\n{good}"));
-    let (code, output) = run_consumer(&context, &yaml, &["check"]).await;
+    let config = |sink: Sink| context.config().table("public.products").sink(sink);
+    let good = context
+        .sink(Cluster::Elasticsearch, "products", "public.products")
+        .filter("in_stock = true");
+    let path = config(good.clone()).write().unwrap();
+    let (code, output) = run_consumer(&path, &["check"], "check.log").await;
     assert_eq!(code, Some(0), "{output}");
     assert!(
         output.contains("filter and transform compile (filter, no transform)"),
@@ -74,9 +76,9 @@ async fn check_reports_what_is_ready_and_what_is_wrong() {
         "{output}"
     );
 
-    let key = context.endpoints.elasticsearch_api_key.clone().unwrap();
-    let wrong = yaml.replace(&key, "bm90LWEta2V5Om5vdC1hLXNlY3JldA==");
-    let (code, output) = run_consumer(&context, &wrong, &["check"]).await;
+    let wrong = good.api_key("bm90LWEta2V5Om5vdC1hLXNlY3JldA==");
+    let path = config(wrong).write().unwrap();
+    let (code, output) = run_consumer(&path, &["check"], "check-wrong-key.log").await;
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("FAIL"), "{output}");
     assert!(
@@ -93,27 +95,19 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
     db.batch_execute("CREATE TABLE things (id int PRIMARY KEY, n int, tag text)")
         .await
         .unwrap();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let sink = context.sink_yaml(
-        "things",
-        "public.things",
-        Cluster::OpenSearch,
-        "things",
-        "    filter: n > 2\n",
+    let sink = context
+        .sink(Cluster::OpenSearch, "things", "public.things")
+        .filter("n > 2")
         // Rows 9 and 10 carry a tag that is not a number: their documents are rejected.
-        "      mappings: { properties: { tag: { type: long } } }\n",
-    );
-    let yaml = context
-        .config_yaml("  - name: public.things", &format!("sinks:\n{sink}"))
-        .replace(
-            "consumer_listen: 127.0.0.1:0",
-            &format!("consumer_listen: 127.0.0.1:{port}"),
-        );
+        .mappings(json!({"properties": {"tag": {"type": "long"}}}));
+    let config = context
+        .config()
+        .table("public.things")
+        .sink(sink)
+        .consumer_port(free_port());
+    let path = config.write().unwrap();
     let pipeline = context
-        .start_pipeline(context.config(&yaml).unwrap())
+        .start_pipeline(config.load().unwrap())
         .await
         .unwrap();
     db.batch_execute(
@@ -127,7 +121,7 @@ async fn status_shows_lag_dead_letters_and_the_running_consumers_counts() {
         .await
         .unwrap();
     let output = eventually(WAIT, "status with the counts", || async {
-        let (code, output) = run_consumer(&context, &yaml, &["status"]).await;
+        let (code, output) = run_consumer(&path, &["status"], "status.log").await;
         anyhow::ensure!(code == Some(0), "exit {code:?}: {output}");
         let settled = output.contains("indexed 6, deleted 0") && output.contains("lag: 0 messages");
         Ok(settled.then_some(output))

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_tests::sink::Cluster;
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Process, Sink, TestContext, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -27,30 +26,10 @@ async fn wait_for_table(context: &TestContext, cluster: Cluster, index: &str) {
             (id.to_string(), json!({"id": id, "amount": amount}))
         })
         .collect();
-    eventually(WAIT, "the index matches the table", || async {
-        let docs = context.documents(cluster, index).await?;
-        let sources: BTreeMap<String, serde_json::Value> =
-            docs.into_iter().map(|(id, doc)| (id, doc.source)).collect();
-        if sources == expected {
-            Ok(Some(()))
-        } else {
-            let missing = expected
-                .keys()
-                .filter(|k| !sources.contains_key(*k))
-                .count();
-            let wrong = expected
-                .iter()
-                .filter(|(k, v)| sources.get(*k).is_some_and(|s| s != *v))
-                .count();
-            anyhow::bail!(
-                "{missing} missing, {wrong} different, {} in the index; topic ends {:?}",
-                sources.len(),
-                context.end_offsets(&context.topic("public.orders")).await?
-            )
-        }
-    })
-    .await
-    .unwrap();
+    context
+        .wait_for_documents(cluster, index, &expected, WAIT)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,29 +39,17 @@ async fn three_consumers_share_the_partitions_and_one_killed_loses_nothing() {
     db.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, amount int NOT NULL)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "orders",
-        "public.orders",
-        Cluster::OpenSearch,
-        "orders",
-        "",
-        "      batch_size: 200\n",
+    let config = context.config().table("public.orders").sink(
+        context
+            .sink(Cluster::OpenSearch, "orders", "public.orders")
+            .batch_size(200),
     );
-    let yaml = context.config_yaml("  - name: public.orders", &format!("sinks:\n{sink}"));
-    let config = context.config(&yaml).unwrap();
-    let path = context.write_config(&yaml).unwrap();
-    let (producer_stop, producer) = context.spawn_producer(config);
+    let path = config.write().unwrap();
+    let (producer_stop, producer) = context.spawn_producer(config.load().unwrap());
     context.wait_streaming().await.unwrap();
 
-    let start = |n: usize| {
-        let log = path.with_file_name(format!("consumer-{n}.log"));
-        Process::start(
-            "sluice-consumer",
-            &["--config", path.to_str().unwrap(), "run"],
-            log,
-        )
-        .unwrap()
-    };
+    let start =
+        |n: usize| Process::run("sluice-consumer", &path, &format!("consumer-{n}.log")).unwrap();
     let mut consumers: Vec<Process> = (0..3).map(start).collect();
     // The group settles: every member gets a partition (3 partitions, 3 members).
     eventually(WAIT, "every consumer owns a partition", || async {
@@ -149,16 +116,18 @@ async fn replaying_the_topic_with_a_new_group_changes_no_document() {
     db.batch_execute("CREATE TABLE orders (id int PRIMARY KEY, amount int NOT NULL)")
         .await
         .unwrap();
-    let live = context.sink_yaml(
-        "live",
-        "public.orders",
-        Cluster::Elasticsearch,
-        "orders",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.orders", &format!("sinks:\n{live}"));
-    let config = context.config(&yaml).unwrap();
+    // Both sinks write the index `orders`.
+    let config_of = |name: &str, settings: fn(Sink) -> Sink| {
+        let sink = context.sink(Cluster::Elasticsearch, name, "public.orders");
+        let sink = settings(sink.index("orders"));
+        context
+            .config()
+            .table("public.orders")
+            .sink(sink)
+            .load()
+            .unwrap()
+    };
+    let config = config_of("live", |sink| sink);
     let (producer_stop, producer) = context.spawn_producer(config.clone());
     let (live_stop, live_consumer) = context.spawn_consumer(config);
     context.wait_streaming().await.unwrap();
@@ -184,16 +153,8 @@ async fn replaying_the_topic_with_a_new_group_changes_no_document() {
         .await
         .unwrap();
 
-    let replay = context.sink_yaml(
-        "replay",
-        "public.orders",
-        Cluster::Elasticsearch,
-        "orders",
-        "    actions: [insert, delete]\n",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.orders", &format!("sinks:\n{replay}"));
-    let (replay_stop, replay_consumer) = context.spawn_consumer(context.config(&yaml).unwrap());
+    let replay = config_of("replay", |sink| sink.actions(&["insert", "delete"]));
+    let (replay_stop, replay_consumer) = context.spawn_consumer(replay);
     context
         .wait_committed_to_end(&context.sink_name("replay"), &topic, WAIT)
         .await

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::sink::Cluster;
-use sluice_tests::{TestContext, eventually, json_report, run_command};
+use sluice_tests::{Cluster, TestContext, eventually, free_port, json_report, run_command};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -22,11 +21,6 @@ async fn consumer(config: &Path, args: &[&str], log: &str) -> (Option<i32>, Stri
 
 fn report(output: &str) -> Value {
     json_report(output).unwrap()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Fifty rows whose `code` the mapping (`long`) refuses go to the dead-letter topic; `list`
@@ -43,27 +37,19 @@ async fn a_mapping_conflict_is_one_reason_and_a_redrive_after_the_fix_indexes_it
         .await
         .unwrap();
     let port = free_port();
-    let sink_yaml = |code_type: &str| {
-        context.sink_yaml(
-            "items",
-            "public.items",
-            Cluster::Elasticsearch,
-            "items",
-            "",
-            &format!("      mappings: {{ properties: {{ code: {{ type: {code_type} }} }} }}\n"),
-        )
+    let with_code = |code_type: &str| {
+        let sink = context
+            .sink(Cluster::Elasticsearch, "items", "public.items")
+            .mappings(json!({"properties": {"code": {"type": code_type}}}));
+        context
+            .config()
+            .table("public.items")
+            .sink(sink)
+            .consumer_port(port)
     };
-    let yaml = context
-        .config_yaml(
-            "  - name: public.items",
-            &format!("sinks:\n{}", sink_yaml("long")),
-        )
-        .replace(
-            "consumer_listen: 127.0.0.1:0",
-            &format!("consumer_listen: 127.0.0.1:{port}"),
-        );
-    let config = context.config(&yaml).unwrap();
-    let path = context.write_config(&yaml).unwrap();
+    let long = with_code("long");
+    let config = long.load().unwrap();
+    let path = long.write().unwrap();
     let sink = context.sink_name("items");
     let dlq = format!("{sink}.dlq");
     let redrive_group = format!("{sink}.dlq-redrive");
@@ -258,8 +244,7 @@ async fn a_mapping_conflict_is_one_reason_and_a_redrive_after_the_fix_indexes_it
         .await
         .unwrap();
     assert!(response.status().is_success(), "{response:?}");
-    let fixed = yaml.replace("type: long", "type: keyword");
-    let path = context.write_config(&fixed).unwrap();
+    let path = with_code("keyword").write().unwrap();
 
     let (code, output) = consumer(&path, &["dlq", &sink, "redrive"], "redrive-2.log").await;
     assert_eq!(code, Some(0), "{output}");
@@ -326,7 +311,8 @@ async fn a_mapping_conflict_is_one_reason_and_a_redrive_after_the_fix_indexes_it
     assert!(output.contains("0 dead letters to re-drive"), "{output}");
 
     // The sink runs on with the fixed mapping.
-    let (consumer_stop, consumer_task) = context.spawn_consumer(context.config(&fixed).unwrap());
+    let (consumer_stop, consumer_task) =
+        context.spawn_consumer(with_code("keyword").load().unwrap());
     db.batch_execute("UPDATE items SET code = 'changed' WHERE id = 17")
         .await
         .unwrap();
@@ -357,22 +343,24 @@ async fn a_redriven_event_older_than_the_indexed_document_is_stale() {
     )
     .await
     .unwrap();
-    let transform = |body: &str| format!("    transform: |\n      {body}\n");
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::OpenSearch,
-        "items",
-        &transform(r#"{ "id": .record.id, "code": .record.code }"#),
-        "      mappings: { properties: { code: { type: long } } }\n",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!("sinks:\n{sink}"),
-    );
+    let with_transform = |transform: &str| {
+        let sink = context
+            .sink(Cluster::OpenSearch, "items", "public.items")
+            .transform(transform)
+            .mappings(json!({"properties": {"code": {"type": "long"}}}));
+        context
+            .config()
+            .table("public.items")
+            .backfill(true)
+            .sink(sink)
+    };
     let sink_name = context.sink_name("items");
     let pipeline = context
-        .start_pipeline(context.config(&yaml).unwrap())
+        .start_pipeline(
+            with_transform(r#"{ "id": .record.id, "code": .record.code }"#)
+                .load()
+                .unwrap(),
+        )
         .await
         .unwrap();
     eventually(WAIT, "the backfill indexed", || async {
@@ -410,12 +398,11 @@ async fn a_redriven_event_older_than_the_indexed_document_is_stale() {
     let newer = docs["2"].version;
     assert_eq!(context.read_raw(&dlq).await.unwrap().len(), 2);
 
-    let fixed = yaml.replace(
-        r#"{ "id": .record.id, "code": .record.code }"#,
+    let path = with_transform(
         r#"if is_null(to_int(.record.code) ?? null) { { "id": .record.id, "code_text": .record.code } } else { { "id": .record.id, "code": .record.code } }"#,
-    );
-    assert_ne!(fixed, yaml);
-    let path = context.write_config(&fixed).unwrap();
+    )
+    .write()
+    .unwrap();
     let (code, output) = consumer(
         &path,
         &["dlq", &sink_name, "redrive", "--format", "json"],
@@ -449,16 +436,10 @@ async fn a_redriven_event_older_than_the_indexed_document_is_stale() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dlq_refuses_bad_input_with_exit_2() {
     let context = TestContext::new("dlq_input").await.unwrap();
-    let sink = context.sink_yaml(
-        "things",
-        "public.things",
-        Cluster::OpenSearch,
-        "things",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.things", &format!("sinks:\n{sink}"));
-    let path = context.write_config(&yaml).unwrap();
+    let path = context
+        .sink_config(Cluster::OpenSearch, "things")
+        .write()
+        .unwrap();
     let sink = context.sink_name("things");
     for (args, expected) in [
         (

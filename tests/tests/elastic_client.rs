@@ -7,89 +7,26 @@
 use serde_json::{Map, Value, json};
 use sluice_common::config::ElasticsearchConfig;
 use sluice_consumer::elastic::{BulkOp, Client, ElasticError, ItemResult, SCAN_PAGE_SIZE};
-use sluice_tests::TestContext;
+use sluice_tests::{Cluster, Sink, TestContext, on_each_cluster};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cluster {
-    Elasticsearch,
-    OpenSearch,
+/// A sink on `cluster`, for its `elasticsearch:` section (each scenario names its own indices).
+fn sink(context: &TestContext, cluster: Cluster) -> Sink {
+    context.sink(cluster, "unused", "public.unused")
 }
 
-/// Runs `$scenario(cluster, args…)` as one test per cluster: `$name::elasticsearch` and
-/// `$name::opensearch`.
-macro_rules! on_both {
-    ($name:ident, $scenario:ident $(, $arg:expr)*) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn elasticsearch() {
-                $scenario(Cluster::Elasticsearch $(, $arg)*).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn opensearch() {
-                $scenario(Cluster::OpenSearch $(, $arg)*).await;
-            }
-        }
-    };
-}
-
-fn config(context: &TestContext, cluster: Cluster, gzip: bool) -> ElasticsearchConfig {
-    let endpoints = &context.endpoints;
-    let (endpoint, auth) = match cluster {
-        Cluster::Elasticsearch => (
-            endpoints
-                .elasticsearch_url
-                .clone()
-                .expect("SLUICE_TEST_ELASTICSEARCH_URL"),
-            json!({
-                "type": "api_key",
-                "value": endpoints.elasticsearch_api_key.clone().expect("SLUICE_TEST_ELASTICSEARCH_API_KEY"),
-            }),
-        ),
-        Cluster::OpenSearch => (
-            endpoints
-                .opensearch_url
-                .clone()
-                .expect("SLUICE_TEST_OPENSEARCH_URL"),
-            json!({ "type": "none" }),
-        ),
-    };
-    serde_json::from_value(json!({
-        "endpoint": endpoint,
-        "index": "unused",
-        "auth": auth,
-        "gzip": gzip,
-    }))
-    .unwrap()
+/// The consumer's client with the sink's settings.
+fn client(sink: &Sink) -> Client {
+    Client::new(&sink.elasticsearch_config().unwrap()).unwrap()
 }
 
 async fn setup(test: &str, cluster: Cluster, gzip: bool) -> (TestContext, Client) {
-    let context = TestContext::new(&format!("{test}_{cluster:?}"))
-        .await
-        .unwrap();
-    let client = Client::new(&config(&context, cluster, gzip)).unwrap();
+    let context = TestContext::new(test).await.unwrap();
+    let client = client(&sink(&context, cluster).gzip(gzip));
     (context, client)
 }
 
-/// A raw HTTP client and base URL, to check what the client did the way a user would.
-fn raw(context: &TestContext, cluster: Cluster) -> (reqwest::Client, String) {
-    match cluster {
-        Cluster::Elasticsearch => context.elasticsearch(),
-        Cluster::OpenSearch => context.opensearch(),
-    }
-}
-
 async fn get_json(context: &TestContext, cluster: Cluster, path: &str) -> Value {
-    let (http, base) = raw(context, cluster);
-    let response = http.get(format!("{base}/{path}")).send().await.unwrap();
-    assert!(
-        response.status().is_success(),
-        "GET {path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
+    context.get_json(cluster, path).await.unwrap()
 }
 
 fn index_op(index: &str, id: &str, version: u64, document: Value) -> BulkOp {
@@ -120,10 +57,10 @@ fn source(value: Value) -> Map<String, Value> {
     }
 }
 
-on_both!(info_reports_distribution_and_version, info_scenario);
+on_each_cluster!(info_reports_distribution_and_version = info_scenario());
 
-async fn info_scenario(cluster: Cluster) {
-    let (context, client) = setup("info", cluster, true).await;
+async fn info_scenario(cluster: Cluster, test: &str) {
+    let (context, client) = setup(test, cluster, true).await;
     let info = client.info().await.unwrap();
     match cluster {
         Cluster::Elasticsearch => {
@@ -138,13 +75,10 @@ async fn info_scenario(cluster: Cluster) {
     context.cleanup().await.unwrap();
 }
 
-on_both!(
-    ensure_index_creates_v1_behind_a_write_alias,
-    ensure_index_scenario
-);
+on_each_cluster!(ensure_index_creates_v1_behind_a_write_alias = ensure_index_scenario());
 
-async fn ensure_index_scenario(cluster: Cluster) {
-    let (context, client) = setup("ensure_index", cluster, true).await;
+async fn ensure_index_scenario(cluster: Cluster, test: &str) {
+    let (context, client) = setup(test, cluster, true).await;
     let alias = context.index("products");
     let concrete = format!("{alias}-v1");
     let settings = json!({ "number_of_shards": 1, "number_of_replicas": 0 });
@@ -200,11 +134,11 @@ async fn ensure_index_scenario(cluster: Cluster) {
     context.cleanup().await.unwrap();
 }
 
-on_both!(bulk_with_gzip, bulk_scenario, true);
-on_both!(bulk_without_gzip, bulk_scenario, false);
+on_each_cluster!(bulk_with_gzip = bulk_scenario(true));
+on_each_cluster!(bulk_without_gzip = bulk_scenario(false));
 
-async fn bulk_scenario(cluster: Cluster, gzip: bool) {
-    let (context, client) = setup("bulk", cluster, gzip).await;
+async fn bulk_scenario(cluster: Cluster, test: &str, gzip: bool) {
+    let (context, client) = setup(test, cluster, gzip).await;
     let alias = context.index("products");
     client
         .ensure_index(&alias, None, Some(&long_mapping()))
@@ -293,10 +227,10 @@ async fn bulk_scenario(cluster: Cluster, gzip: bool) {
     context.cleanup().await.unwrap();
 }
 
-on_both!(mapping_conflicts_are_rejected_per_item, rejected_scenario);
+on_each_cluster!(mapping_conflicts_are_rejected_per_item = rejected_scenario());
 
-async fn rejected_scenario(cluster: Cluster) {
-    let (context, client) = setup("rejected", cluster, true).await;
+async fn rejected_scenario(cluster: Cluster, test: &str) {
+    let (context, client) = setup(test, cluster, true).await;
     let alias = context.index("products");
     client
         .ensure_index(&alias, None, Some(&long_mapping()))
@@ -351,10 +285,10 @@ async fn rejected_scenario(cluster: Cluster) {
     context.cleanup().await.unwrap();
 }
 
-on_both!(scan_versions_pages_through_everything, scan_scenario);
+on_each_cluster!(scan_versions_pages_through_everything = scan_scenario());
 
-async fn scan_scenario(cluster: Cluster) {
-    let (context, client) = setup("scan", cluster, true).await;
+async fn scan_scenario(cluster: Cluster, test: &str) {
+    let (context, client) = setup(test, cluster, true).await;
     let alias = context.index("scan-a");
     let other = context.index("scan-b");
     client.ensure_index(&alias, None, None).await.unwrap();
@@ -409,13 +343,10 @@ async fn scan_scenario(cluster: Cluster) {
     context.cleanup().await.unwrap();
 }
 
-on_both!(
-    index_templates_apply_to_templated_indices,
-    template_scenario
-);
+on_each_cluster!(index_templates_apply_to_templated_indices = template_scenario());
 
-async fn template_scenario(cluster: Cluster) {
-    let (context, mut client) = setup("template", cluster, true).await;
+async fn template_scenario(cluster: Cluster, test: &str) {
+    let (context, mut client) = setup(test, cluster, true).await;
     let name = context.index("orders");
     let pattern = format!("{name}-*");
     if cluster == Cluster::Elasticsearch {
@@ -468,7 +399,7 @@ async fn template_scenario(cluster: Cluster) {
         "long"
     );
 
-    let (http, base) = raw(&context, cluster);
+    let (http, base) = context.cluster(cluster);
     let mut request = http.delete(format!("{base}/_index_template/{name}"));
     if cluster == Cluster::Elasticsearch {
         let (user, password) = superuser_credentials();
@@ -482,11 +413,8 @@ async fn template_scenario(cluster: Cluster) {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_api_key_is_an_auth_error() {
     let context = TestContext::new("elastic_wrong_key").await.unwrap();
-    let mut config = config(&context, Cluster::Elasticsearch, true);
     // A well-formed key (base64 of `id:key`) that Elasticsearch does not know.
-    config.auth =
-        serde_json::from_value(json!({ "type": "api_key", "value": "Zm9vOmJhcg==" })).unwrap();
-    let client = Client::new(&config).unwrap();
+    let client = client(&sink(&context, Cluster::Elasticsearch).api_key("Zm9vOmJhcg=="));
 
     let error = client.info().await.unwrap_err();
     let ElasticError::Auth { status, reason } = &error else {
@@ -530,28 +458,19 @@ fn superuser_credentials() -> (String, String) {
 /// A client of Elasticsearch as the `elastic` superuser (basic auth).
 fn superuser(context: &TestContext) -> Client {
     let (user, password) = superuser_credentials();
-    let mut config = config(context, Cluster::Elasticsearch, true);
-    config.auth =
-        serde_json::from_value(json!({ "type": "basic", "username": user, "password": password }))
-            .unwrap();
-    Client::new(&config).unwrap()
+    client(&sink(context, Cluster::Elasticsearch).basic_auth(&user, &password))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_works() {
     let (user, password) = superuser_credentials();
     let context = TestContext::new("elastic_basic").await.unwrap();
-    let mut config = config(&context, Cluster::Elasticsearch, false);
-    config.auth =
-        serde_json::from_value(json!({ "type": "basic", "username": user, "password": password }))
-            .unwrap();
-    let client = Client::new(&config).unwrap();
-    assert_eq!(client.info().await.unwrap().distribution, "elasticsearch");
+    let elasticsearch = sink(&context, Cluster::Elasticsearch).gzip(false);
+    let right = client(&elasticsearch.clone().basic_auth(&user, &password));
+    assert_eq!(right.info().await.unwrap().distribution, "elasticsearch");
 
-    config.auth =
-        serde_json::from_value(json!({ "type": "basic", "username": user, "password": "wrong" }))
-            .unwrap();
-    let error = Client::new(&config).unwrap().info().await.unwrap_err();
+    let wrong = client(&elasticsearch.basic_auth(&user, "wrong"));
+    let error = wrong.info().await.unwrap_err();
     assert!(
         matches!(error, ElasticError::Auth { status: 401, .. }),
         "{error:?}"

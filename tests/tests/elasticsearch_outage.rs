@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_tests::sink::Cluster;
-use sluice_tests::{StoppedService, TestContext, eventually};
+use sluice_tests::{Cluster, StoppedService, TestContext, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -23,35 +22,24 @@ async fn elasticsearch_stopped_mid_stream_loses_nothing_and_commits_nothing_unin
     db.batch_execute("CREATE TABLE events (id int PRIMARY KEY, n int)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "events",
-        "public.events",
-        Cluster::Elasticsearch,
-        "events",
-        "",
-        "      request_timeout: 2s\n",
-    );
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let sink = sink.replace(
-        "    elasticsearch:\n",
-        "    unready_after: 3s\n    elasticsearch:\n",
-    );
-    let yaml = context
-        .config_yaml("  - name: public.events", &format!("sinks:\n{sink}"))
-        .replace(
-            "consumer_listen: 127.0.0.1:0",
-            &format!("consumer_listen: 127.0.0.1:{port}"),
-        );
+    let sink = context
+        .sink(Cluster::Elasticsearch, "events", "public.events")
+        .request_timeout(Duration::from_secs(2))
+        .unready_after(Duration::from_secs(3));
+    let port = free_port();
+    let config = context
+        .config()
+        .table("public.events")
+        .sink(sink)
+        .consumer_port(port)
+        .load()
+        .unwrap();
     let readyz = format!("http://127.0.0.1:{port}/readyz");
     let ready = |url: String| async move {
         let response = reqwest::get(&url).await?;
         let status = response.status().as_u16();
         anyhow::Ok((status, response.text().await?))
     };
-    let config = context.config(&yaml).unwrap();
     let pipeline = context.start_pipeline(config).await.unwrap();
     let group = context.sink_name("events");
     let topic = context.topic("public.events");

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use sluice_producer::stats::format_lsn;
-use sluice_proto::v1::value::Kind;
 use sluice_tests::{StoppedService, TestContext, connect, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -21,19 +20,11 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<HashSet<i64>> {
     let mut ids = HashSet::new();
     for record in context.read_topic(topic).await? {
-        let Some(event) = record.event else { continue };
-        let id = event
-            .record
-            .iter()
-            .find(|c| c.name == "id")
-            .and_then(|c| c.value.as_ref())
-            .and_then(|v| v.kind.as_ref());
-        match id {
-            Some(Kind::Int(id)) => {
-                ids.insert(*id);
-            }
-            _ => anyhow::bail!("an event without an integer id: {event:?}"),
-        }
+        let Some(event) = &record.event else { continue };
+        let Some(id) = record.id() else {
+            anyhow::bail!("an event without an integer id: {event:?}");
+        };
+        ids.insert(id);
     }
     Ok(ids)
 }
@@ -46,20 +37,16 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
         .await
         .unwrap();
     // Frequent status updates and heartbeats: any confirmation would show within the outage.
-    let yaml = context.config_yaml(
-        "  - name: public.ticks",
-        "producer:\n  heartbeat_interval: 1s\n  status_interval: 1s",
-    );
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.ticks")
+        .heartbeat_interval(Duration::from_secs(1))
+        .status_interval(Duration::from_secs(1))
+        .load()
+        .unwrap();
     let topic = context.topic("public.ticks");
     let (stop, producer) = context.spawn_producer(config);
-    eventually(
-        WAIT,
-        "the producer created its replication slot",
-        || async { Ok((context.confirmed_lsn().await? > 0).then_some(())) },
-    )
-    .await
-    .unwrap();
+    context.wait_for_slot(WAIT).await.unwrap();
 
     // A row every 50 ms until told to stop; returns the last id written.
     let written = Arc::new(AtomicI32::new(0));

@@ -6,22 +6,15 @@
 
 use std::time::Duration;
 
-use sluice_tests::sink::Cluster;
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Process, TestContext, eventually, run_command};
 
 const WAIT: Duration = Duration::from_secs(90);
 const ROWS: usize = 300;
 
 async fn status(binary: &str, config: &std::path::Path, log: &str) -> String {
-    let mut process = Process::start(
-        binary,
-        &["--config", config.to_str().unwrap(), "status"],
-        config.with_file_name(log),
-    )
-    .unwrap();
-    let code = process.wait(WAIT).await.unwrap();
-    let output = process.output();
-    let _ = std::fs::remove_file(config.with_file_name(log));
+    let (code, output) = run_command(binary, config, &["status"], log, WAIT)
+        .await
+        .unwrap();
     assert_eq!(code, Some(0), "{output}");
     output
 }
@@ -33,29 +26,14 @@ async fn two_consumers_and_a_standby_producer_run_on_one_host_with_the_default_c
     db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "notes",
-        "public.notes",
-        Cluster::OpenSearch,
-        "notes",
-        "",
-        "",
-    );
     // The listen addresses left out: every process uses the defaults.
-    let yaml = context
-        .config_yaml("  - name: public.notes", &format!("sinks:\n{sink}"))
-        .replace("  producer_listen: 127.0.0.1:0\n", "")
-        .replace("  consumer_listen: 127.0.0.1:0\n", "");
+    let config = context
+        .sink_config(Cluster::OpenSearch, "notes")
+        .default_listen();
+    let yaml = config.yaml();
     assert!(!yaml.contains("_listen"), "{yaml}");
-    let path = context.write_config(&yaml).unwrap();
-    let start = |binary: &str, log: &str| {
-        Process::start(
-            binary,
-            &["--config", path.to_str().unwrap(), "run"],
-            path.with_file_name(log),
-        )
-        .unwrap()
-    };
+    let path = config.write().unwrap();
+    let start = |binary: &str, log: &str| Process::run(binary, &path, log).unwrap();
     let mut first = start("sluice-producer", "producer-1.log");
     context.wait_streaming().await.unwrap();
     let mut standby = start("sluice-producer", "producer-2.log");
@@ -116,12 +94,7 @@ async fn two_consumers_and_a_standby_producer_run_on_one_host_with_the_default_c
     );
 
     for process in consumers.iter_mut().chain([&mut standby, &mut first]) {
-        assert_eq!(
-            process.terminate(WAIT).await.unwrap(),
-            Some(0),
-            "{}",
-            process.output()
-        );
+        process.stop(WAIT).await.unwrap();
     }
     context.cleanup().await.unwrap();
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_proto::v1::value::Kind;
 use sluice_proto::v1::{ArrayValue, ChangeEvent, Op, Value};
-use sluice_tests::{Process, Record, TestContext, eventually};
+use sluice_tests::{Process, Record, TestContext, eventually, free_port, run_command};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -65,17 +65,11 @@ async fn every_type_of_the_zoo_arrives_exactly() {
     )
     .await
     .unwrap();
-    let config = context
-        .config(&context.config_yaml("  - name: public.zoo", ""))
-        .unwrap();
+    let config = context.config().table("public.zoo").load().unwrap();
     let (stop, producer) = context.spawn_producer(config);
     let topic = context.topic("public.zoo");
     // The topic exists once the producer streams; write only then.
-    eventually(WAIT, "producer streaming", || async {
-        Ok((context.confirmed_lsn().await? > 0).then_some(()))
-    })
-    .await
-    .unwrap();
+    context.wait_for_slot(WAIT).await.unwrap();
 
     db.batch_execute(
         r#"SET TimeZone = 'America/New_York';
@@ -235,12 +229,16 @@ async fn every_type_of_the_zoo_arrives_exactly() {
 /// Starts the producer on `tables` and waits until it streams (its slot exists and is confirmed).
 async fn streaming_producer(
     context: &TestContext,
-    tables: &str,
+    tables: &[&str],
 ) -> (
     tokio_util::sync::CancellationToken,
     tokio::task::JoinHandle<Result<(), sluice_producer::Error>>,
 ) {
-    let config = context.config(&context.config_yaml(tables, "")).unwrap();
+    let config = tables
+        .iter()
+        .fold(context.config(), |config, table| config.table(table))
+        .load()
+        .unwrap();
     let running = context.spawn_producer(config);
     // Every change committed from now on is streamed.
     context.wait_streaming().await.unwrap();
@@ -254,7 +252,7 @@ async fn changes_of_each_key_arrive_in_order_with_tombstones_and_truncate_marker
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, n int)")
         .await
         .unwrap();
-    let (stop, producer) = streaming_producer(&context, "  - name: public.items").await;
+    let (stop, producer) = streaming_producer(&context, &["public.items"]).await;
 
     // One statement per transaction (a multi-statement simple query would be one transaction).
     for statement in [
@@ -417,11 +415,7 @@ async fn an_untouched_toasted_column_is_never_sent_as_a_value() {
     )
     .await
     .unwrap();
-    let (stop, producer) = streaming_producer(
-        &context,
-        "  - name: public.docs\n  - name: public.docs_full",
-    )
-    .await;
+    let (stop, producer) = streaming_producer(&context, &["public.docs", "public.docs_full"]).await;
 
     // 100 kB of random hex does not compress below the TOAST threshold: stored out of line.
     let body: String = db
@@ -490,7 +484,7 @@ async fn schema_changes_are_picked_up_without_a_restart() {
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, a int, b text)")
         .await
         .unwrap();
-    let (stop, producer) = streaming_producer(&context, "  - name: public.t").await;
+    let (stop, producer) = streaming_producer(&context, &["public.t"]).await;
     db.batch_execute(
         "INSERT INTO t VALUES (1, 1, 'x');
          ALTER TABLE t ADD COLUMN c numeric;
@@ -542,21 +536,16 @@ async fn streams_over_tls_with_the_server_certificate_chain_verified() {
     db.batch_execute("CREATE TABLE secure (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let yaml = context
-        .config_yaml("  - name: public.secure", "")
-        .replacen(
-            &context.postgres_url(),
-            &format!("{}?sslmode=verify-ca", context.postgres_url()),
-            1,
-        )
-        .replacen("  slot:", &format!("  ca_file: {ca}\n  slot:"), 1);
-    let config = context.config(&yaml).unwrap();
+    let secure = |ca: &str| {
+        context
+            .config()
+            .table("public.secure")
+            .postgres_url(&format!("{}?sslmode=verify-ca", context.postgres_url()))
+            .postgres_ca_file(ca)
+    };
+    let config = secure(&ca).load().unwrap();
     let (stop, producer) = context.spawn_producer(config);
-    eventually(WAIT, "producer streaming", || async {
-        Ok((context.confirmed_lsn().await? > 0).then_some(()))
-    })
-    .await
-    .unwrap();
+    context.wait_for_slot(WAIT).await.unwrap();
 
     // Both of the producer's connections (SQL and replication) are encrypted.
     eventually(
@@ -593,8 +582,7 @@ async fn streams_over_tls_with_the_server_certificate_chain_verified() {
     // A CA that did not sign the server's certificate is refused, with no retry loop.
     let wrong_ca = std::env::temp_dir().join(format!("{}-wrong-ca.pem", context.id));
     std::fs::write(&wrong_ca, include_str!("data/unrelated-ca.pem")).unwrap();
-    let yaml = yaml.replacen(&ca, wrong_ca.to_str().unwrap(), 1);
-    let config = context.config(&yaml).unwrap();
+    let config = secure(wrong_ca.to_str().unwrap()).load().unwrap();
     let (_stop, producer) = context.spawn_producer(config);
     let error = tokio::time::timeout(WAIT, producer)
         .await
@@ -615,24 +603,14 @@ async fn check_reports_each_problem_with_its_fix() {
     )
     .await
     .unwrap();
-    let run_check = |yaml: String| {
-        let context = &context;
-        async move {
-            let path = context.write_config(&yaml).unwrap();
-            let log = path.with_file_name("check.log");
-            let _ = std::fs::remove_file(&log);
-            let mut check = Process::start(
-                "sluice-producer",
-                &["--config", path.to_str().unwrap(), "check"],
-                log,
-            )
-            .unwrap();
-            let code = check.wait(WAIT).await.unwrap();
-            (code, check.output())
-        }
+    let run_check = |config: sluice_tests::ConfigBuilder| async move {
+        let path = config.write().unwrap();
+        run_command("sluice-producer", &path, &["check"], "check.log", WAIT)
+            .await
+            .unwrap()
     };
 
-    let (code, output) = run_check(context.config_yaml("  - name: public.good", "")).await;
+    let (code, output) = run_check(context.config().table("public.good")).await;
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("ok    wal_level = logical"), "{output}");
     assert!(output.contains("public.good: primary key (id)"), "{output}");
@@ -646,9 +624,13 @@ async fn check_reports_each_problem_with_its_fix() {
     );
     assert!(output.contains("REPLICA IDENTITY FULL"), "{output}");
 
-    let (code, output) =
-        run_check(context.config_yaml("  - name: public.keyless\n  - name: public.missing", ""))
-            .await;
+    let (code, output) = run_check(
+        context
+            .config()
+            .table("public.keyless")
+            .table("public.missing"),
+    )
+    .await;
     assert_eq!(code, Some(1), "{output}");
     assert!(
         output.contains("FAIL  public.keyless has no primary key"),
@@ -665,9 +647,7 @@ async fn check_reports_each_problem_with_its_fix() {
     assert!(output.contains("2 problem(s) block running"), "{output}");
 
     // The same keyless table stops `run` at once with the fix, before anything is created.
-    let config = context
-        .config(&context.config_yaml("  - name: public.keyless", ""))
-        .unwrap();
+    let config = context.config().table("public.keyless").load().unwrap();
     let (_stop, producer) = context.spawn_producer(config);
     let error = tokio::time::timeout(WAIT, producer)
         .await
@@ -696,22 +676,14 @@ async fn status_and_metrics_show_what_was_published() {
         .await
         .unwrap();
     // A fixed free port, so `status` (another process) finds the running producer.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = context.config_yaml("  - name: public.counted", "").replace(
-        "producer_listen: 127.0.0.1:0",
-        &format!("producer_listen: 127.0.0.1:{port}"),
-    );
-    let path = context.write_config(&yaml).unwrap();
-    let mut producer = Process::start(
-        "sluice-producer",
-        &["--config", path.to_str().unwrap(), "run"],
-        path.with_file_name("run.log"),
-    )
-    .unwrap();
+    let port = free_port();
+    let path = context
+        .config()
+        .table("public.counted")
+        .producer_port(port)
+        .write()
+        .unwrap();
+    let mut producer = Process::run("sluice-producer", &path, "run.log").unwrap();
     let ready = format!("http://127.0.0.1:{port}/readyz");
     eventually(WAIT, "producer ready", || async {
         Ok(reqwest::get(&ready)
@@ -741,20 +713,10 @@ async fn status_and_metrics_show_what_was_published() {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }
 
-    let log = path.with_file_name("status.log");
-    let mut status = Process::start(
-        "sluice-producer",
-        &["--config", path.to_str().unwrap(), "status"],
-        log,
-    )
-    .unwrap();
-    assert_eq!(
-        status.wait(WAIT).await.unwrap(),
-        Some(0),
-        "{}",
-        status.output()
-    );
-    let output = status.output();
+    let (code, output) = run_command("sluice-producer", &path, &["status"], "status.log", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{output}");
     assert!(
         output.contains(&format!("slot {}: streaming to pid", context.slot)),
         "{output}"
@@ -783,7 +745,7 @@ async fn a_table_added_to_the_config_joins_the_existing_publication_and_slot() {
     )
     .await
     .unwrap();
-    let (stop, producer) = streaming_producer(&context, "  - name: public.first").await;
+    let (stop, producer) = streaming_producer(&context, &["public.first"]).await;
     db.batch_execute("INSERT INTO first VALUES (1)")
         .await
         .unwrap();
@@ -796,8 +758,7 @@ async fn a_table_added_to_the_config_joins_the_existing_publication_and_slot() {
     db.batch_execute("INSERT INTO first VALUES (2)")
         .await
         .unwrap();
-    let (stop, producer) =
-        streaming_producer(&context, "  - name: public.first\n  - name: public.second").await;
+    let (stop, producer) = streaming_producer(&context, &["public.first", "public.second"]).await;
     db.batch_execute("INSERT INTO second VALUES (10)")
         .await
         .unwrap();

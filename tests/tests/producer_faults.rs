@@ -9,14 +9,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_producer::stats::format_lsn;
-use sluice_proto::v1::value::Kind;
 use sluice_tests::{Process, TestContext, connect, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -40,40 +37,15 @@ impl Seen {
     }
 }
 
-/// The number of messages on `topic` (sum of its partitions' high watermarks; 0 when missing).
-async fn topic_size(context: &TestContext, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = context.kafka_config().create()?;
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let mut total = 0;
-        if let Some(t) = metadata.topics().first() {
-            for partition in t.partitions() {
-                let (low, high) =
-                    consumer.fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))?;
-                total += high - low;
-            }
-        }
-        Ok(total)
-    })
-    .await?
-}
-
 /// Reads `topic` and counts the `id` column of every change event.
 async fn seen(context: &TestContext, topic: &str) -> anyhow::Result<Seen> {
     let mut seen = Seen::default();
     for record in context.read_topic(topic).await? {
-        let Some(event) = record.event else { continue };
-        let id = event
-            .record
-            .iter()
-            .find(|c| c.name == "id")
-            .and_then(|c| c.value.as_ref())
-            .and_then(|v| v.kind.as_ref());
-        let Some(Kind::Int(id)) = id else {
+        let Some(event) = &record.event else { continue };
+        let Some(id) = record.id() else {
             anyhow::bail!("an event without an integer id: {event:?}");
         };
-        *seen.counts.entry(*id).or_default() += 1;
+        *seen.counts.entry(id).or_default() += 1;
         if let Some(position) = &event.position {
             seen.max_commit_lsn = seen.max_commit_lsn.max(position.commit_lsn);
         }
@@ -86,7 +58,7 @@ async fn seen(context: &TestContext, topic: &str) -> anyhow::Result<Seen> {
 async fn wait_for_ids(context: &TestContext, topic: &str, ids: &[i64], timeout: Duration) -> Seen {
     let deadline = Instant::now() + timeout;
     loop {
-        let size = topic_size(context, topic).await.unwrap_or(0);
+        let size = context.topic_size(topic).await.unwrap_or(0);
         let last = Instant::now() >= deadline;
         if size >= ids.len() as i64 || last {
             let seen = seen(context, topic).await.unwrap();
@@ -111,48 +83,17 @@ fn assert_all_arrived(seen: &Seen, ids: &[i64], what: &str) {
     );
 }
 
-/// Waits until the slot exists, i.e. the producer has set up and is about to stream; changes
-/// written from now on are captured. Returns the slot's confirmed LSN.
+/// Waits until the slot exists (see [`TestContext::wait_for_slot`]); its confirmed LSN.
 async fn wait_for_slot(context: &TestContext) -> u64 {
-    eventually(
-        WAIT,
-        "the producer created its replication slot",
-        || async {
-            let lsn = context.confirmed_lsn().await?;
-            Ok((lsn > 0).then_some(lsn))
-        },
-    )
-    .await
-    .unwrap()
+    context.wait_for_slot(WAIT).await.unwrap()
 }
 
 /// Waits until the slot's confirmed LSN is at least `lsn`, and returns it.
 async fn wait_for_confirmed(context: &TestContext, lsn: u64, timeout: Duration, what: &str) -> u64 {
-    eventually(
-        timeout,
-        &format!("{what}: confirmed LSN reaches {}", format_lsn(lsn)),
-        || async {
-            let confirmed = context.confirmed_lsn().await?;
-            Ok((confirmed >= lsn).then_some(confirmed))
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// A log file next to the test's config.
-fn log_path(config: &Path, name: &str) -> PathBuf {
-    config.with_file_name(format!("{name}.log"))
-}
-
-fn start_producer(config: &Path, log: &str) -> Process {
-    let config = config.to_str().unwrap();
-    Process::start(
-        "sluice-producer",
-        &["--config", config, "run"],
-        log_path(Path::new(config), log),
-    )
-    .unwrap()
+    match context.wait_confirmed(lsn, timeout).await {
+        Ok(confirmed) => confirmed,
+        Err(error) => panic!("{what}: {error:#}"),
+    }
 }
 
 /// Inserts rows `first..=last` of `table(id int, …)` in one transaction.
@@ -182,14 +123,16 @@ async fn kill_9_in_the_middle_of_a_burst_loses_nothing() {
     db.batch_execute("CREATE TABLE burst (id int PRIMARY KEY, payload text)")
         .await
         .unwrap();
-    let yaml = context.config_yaml(
-        "  - name: public.burst",
-        "producer:\n  heartbeat_interval: 1s\n  status_interval: 1s",
-    );
-    let config = context.write_config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.burst")
+        .heartbeat_interval(Duration::from_secs(1))
+        .status_interval(Duration::from_secs(1))
+        .write()
+        .unwrap();
     let topic = context.topic("public.burst");
 
-    let mut first = start_producer(&config, "producer-1");
+    let mut first = Process::run("sluice-producer", &config, "producer-1.log").unwrap();
     let slot_created_at = wait_for_slot(&context).await;
 
     let written = Arc::new(AtomicI32::new(0));
@@ -227,7 +170,7 @@ async fn kill_9_in_the_middle_of_a_burst_loses_nothing() {
         WAIT,
         "5000 messages on the topic and the slot confirmed past its start",
         || async {
-            let size = topic_size(&context, &topic).await?;
+            let size = context.topic_size(&topic).await?;
             let confirmed = context.confirmed_lsn().await?;
             Ok((size >= 5_000 && confirmed > slot_created_at).then_some((size, confirmed)))
         },
@@ -254,7 +197,7 @@ async fn kill_9_in_the_middle_of_a_burst_loses_nothing() {
     writer.await.unwrap();
     let after_writer = context.current_lsn().await.unwrap();
 
-    let mut second = start_producer(&config, "producer-2");
+    let mut second = Process::run("sluice-producer", &config, "producer-2.log").unwrap();
     let seen = wait_for_ids(
         &context,
         &topic,
@@ -294,14 +237,16 @@ async fn sigterm_flushes_confirms_and_exits_0() {
         .await
         .unwrap();
     // Status updates and heartbeats far apart: only the shutdown itself can confirm the rows.
-    let yaml = context.config_yaml(
-        "  - name: public.items",
-        "producer:\n  heartbeat_interval: 10m\n  status_interval: 10m",
-    );
-    let config = context.write_config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .heartbeat_interval(Duration::from_secs(600))
+        .status_interval(Duration::from_secs(600))
+        .write()
+        .unwrap();
     let topic = context.topic("public.items");
 
-    let mut producer = start_producer(&config, "producer");
+    let mut producer = Process::run("sluice-producer", &config, "producer.log").unwrap();
     wait_for_slot(&context).await;
 
     let mut db = db;
@@ -359,11 +304,13 @@ async fn an_idle_database_still_advances_the_slot() {
     db.batch_execute("CREATE TABLE quiet (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let yaml = context.config_yaml(
-        "  - name: public.quiet",
-        "producer:\n  heartbeat_interval: 1s\n  status_interval: 1s",
-    );
-    let config = context.config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.quiet")
+        .heartbeat_interval(Duration::from_secs(1))
+        .status_interval(Duration::from_secs(1))
+        .load()
+        .unwrap();
     let (stop, producer) = context.spawn_producer(config);
     let at_start = wait_for_slot(&context).await;
 
@@ -410,12 +357,14 @@ async fn an_idle_database_still_advances_the_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_stops_with_the_fix() {
     let context = TestContext::new("bad_password").await.unwrap();
-    let yaml = context.config_yaml("  - name: public.items", "");
-    assert!(yaml.contains(":sluice@"), "unexpected test URL: {yaml}");
-    let yaml = yaml.replacen(":sluice@", ":wrong@", 1);
-    let config = context.write_config(&yaml).unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .postgres_password("wrong")
+        .write()
+        .unwrap();
 
-    let mut producer = start_producer(&config, "producer");
+    let mut producer = Process::run("sluice-producer", &config, "producer.log").unwrap();
     let code = producer.wait(Duration::from_secs(20)).await;
     let output = producer.output();
     let code = code.unwrap_or_else(|_| {
@@ -448,17 +397,16 @@ async fn a_second_producer_waits_and_takes_over() {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
         .await
         .unwrap();
-    let yaml = context.config_yaml("  - name: public.items", "");
-    let config = context.write_config(&yaml).unwrap();
+    let config = context.config().table("public.items").write().unwrap();
     let topic = context.topic("public.items");
 
-    let mut active = start_producer(&config, "producer-a");
+    let mut active = Process::run("sluice-producer", &config, "producer-a.log").unwrap();
     wait_for_slot(&context).await;
     insert_ids(&db, "items", 1, 100).await;
     let seen = wait_for_ids(&context, &topic, &ids(1, 100), WAIT).await;
     assert_all_arrived(&seen, &ids(1, 100), "producer A alone");
 
-    let mut standby = start_producer(&config, "producer-b");
+    let mut standby = Process::run("sluice-producer", &config, "producer-b.log").unwrap();
     // A keeps streaming while B waits.
     insert_ids(&db, "items", 101, 200).await;
     // B keeps trying (with backoff: four attempts take a few seconds) and keeps waiting.
@@ -510,8 +458,7 @@ async fn a_terminated_walsender_is_survived() {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
         .await
         .unwrap();
-    let yaml = context.config_yaml("  - name: public.items", "");
-    let config = context.config(&yaml).unwrap();
+    let config = context.config().table("public.items").load().unwrap();
     let topic = context.topic("public.items");
     let (stop, producer) = context.spawn_producer(config);
     wait_for_slot(&context).await;

@@ -9,30 +9,41 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::sink::Cluster;
 use sluice_tests::traffic::{self, ITEMS, Reader, Writer};
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Process, Sink, TestContext, eventually, on_each_cluster, run_command};
 
 const WAIT: Duration = Duration::from_secs(180);
 
-fn rebuild_args<'a>(config: &'a Path, sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--config", config.to_str().unwrap(), "rebuild", sink];
+/// `rebuild SINK EXTRA…`.
+fn rebuild_args<'a>(sink: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["rebuild", sink];
     args.extend_from_slice(extra);
     args
 }
 
+/// Runs `sluice-consumer --config CONFIG ARGS…` to its end: exit code and output.
 async fn run(config: &Path, args: &[&str], log: &str) -> (Option<i32>, String) {
-    let mut process = Process::start("sluice-consumer", args, config.with_file_name(log)).unwrap();
-    let code = process.wait(WAIT).await.unwrap();
-    (code, process.output())
+    run_command("sluice-consumer", config, args, log, WAIT)
+        .await
+        .unwrap()
 }
 
-/// GET `path` on `cluster` as JSON.
+/// GET `path` on `cluster`: status and JSON body.
 async fn get(context: &TestContext, cluster: Cluster, path: &str) -> (u16, Value) {
+    context.get(cluster, path).await.unwrap()
+}
+
+/// Blocks writes to `index` (prefixed), as a crash while the old index is blocked leaves it.
+async fn block_writes(context: &TestContext, cluster: Cluster, index: &str) {
     let (client, base) = context.cluster(cluster);
-    let response = client.get(format!("{base}/{path}")).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    client
+        .put(format!("{base}/{}/_settings", context.index(index)))
+        .json(&json!({"index.blocks.write": true}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
 }
 
 /// The indices the alias points at.
@@ -76,19 +87,21 @@ async fn items_pipeline(
     context: &TestContext,
     cluster: Cluster,
     rows: i32,
-    es_fields: &str,
-) -> (sluice_tests::sink::Pipeline, std::path::PathBuf, String) {
+    sink: fn(Sink) -> Sink,
+) -> (sluice_tests::Pipeline, std::path::PathBuf, String) {
     let db = context.postgres().await.unwrap();
     db.batch_execute(ITEMS).await.unwrap();
     traffic::fill_items(&db, rows).await.unwrap();
-    let sink = context.sink_yaml("items", "public.items", cluster, "items", "", es_fields);
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!("sinks:\n{sink}"),
-    );
-    let config = context.config(&yaml).unwrap();
-    let path = context.write_config(&yaml).unwrap();
-    let pipeline = context.start_pipeline(config).await.unwrap();
+    let config = context
+        .config()
+        .table("public.items")
+        .backfill(true)
+        .sink(sink(context.sink(cluster, "items", "public.items")));
+    let path = config.write().unwrap();
+    let pipeline = context
+        .start_pipeline(config.load().unwrap())
+        .await
+        .unwrap();
     eventually(WAIT, "every row indexed", || async {
         let docs = context.documents(cluster, "items").await?;
         Ok((docs.len() == rows as usize).then_some(()))
@@ -101,7 +114,7 @@ async fn items_pipeline(
 async fn rebuild_with_a_new_mapping_under_writes(cluster: Cluster, test: &str) {
     let context = TestContext::new(test).await.unwrap();
     let rows = 5000;
-    let (pipeline, config, sink) = items_pipeline(&context, cluster, rows, "").await;
+    let (pipeline, config, sink) = items_pipeline(&context, cluster, rows, |sink| sink).await;
     let mappings = config.with_file_name("mappings.json");
     std::fs::write(
         &mappings,
@@ -121,7 +134,6 @@ async fn rebuild_with_a_new_mapping_under_writes(cluster: Cluster, test: &str) {
     let (code, output) = run(
         &config,
         &rebuild_args(
-            &config,
             &sink,
             &["--mappings", mappings.to_str().unwrap(), "--keep-old", "1"],
         ),
@@ -203,15 +215,9 @@ async fn rebuild_with_a_new_mapping_under_writes(cluster: Cluster, test: &str) {
     context.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rebuild_swaps_a_new_mapping_in_under_writes_on_elasticsearch() {
-    rebuild_with_a_new_mapping_under_writes(Cluster::Elasticsearch, "rebuild_es").await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn rebuild_swaps_a_new_mapping_in_under_writes_on_opensearch() {
-    rebuild_with_a_new_mapping_under_writes(Cluster::OpenSearch, "rebuild_os").await;
-}
+on_each_cluster!(
+    rebuild_swaps_a_new_mapping_in_under_writes = rebuild_with_a_new_mapping_under_writes()
+);
 
 /// Killed with -9 halfway, then killed "while blocked" (the block set by hand, as a crash then
 /// leaves it): each re-run resumes and finishes, and the alias never serves a partial index.
@@ -221,39 +227,29 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
     let context = TestContext::new("rebuild_kill").await.unwrap();
     let rows = 20_000;
     // Small batches, one at a time: the rebuild takes long enough to be killed halfway.
-    let (pipeline, config, sink) = items_pipeline(
-        &context,
-        cluster,
-        rows,
-        "      batch_size: 100\n      max_in_flight_requests: 1\n",
-    )
+    let (pipeline, config, sink) = items_pipeline(&context, cluster, rows, |sink| {
+        sink.batch_size(100).max_in_flight_requests(1)
+    })
     .await;
     let reader = Reader::start(&context, cluster, "items", u64::try_from(rows).unwrap());
     let group = format!("{sink}.rebuild-v2");
     let topic = context.topic("public.items");
 
-    let args = rebuild_args(&config, &sink, &[]);
-    let mut first =
-        Process::start("sluice-consumer", &args, config.with_file_name("first.log")).unwrap();
-    let (client, base) = context.cluster(cluster);
+    let args = rebuild_args(&sink, &[]);
+    let mut first = Process::command("sluice-consumer", &config, &args, "first.log").unwrap();
     let v2 = context.index("items-v2");
     eventually(
         WAIT,
         "the rebuild halfway, with offsets committed",
         || async {
             // Filled without refreshes: only a refresh makes its documents countable.
+            let (client, base) = context.cluster(cluster);
             client
                 .post(format!("{base}/{v2}/_refresh"))
                 .send()
                 .await?
                 .error_for_status()?;
-            let count: Value = client
-                .get(format!("{base}/{v2}/_count"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let n = count["count"].as_u64().unwrap_or(0);
+            let n = context.count(cluster, "items-v2").await.unwrap_or(0);
             let committed: i64 = context
                 .committed_offsets(&group, &topic)
                 .await?
@@ -281,15 +277,7 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
         [context.index("items-v1")]
     );
 
-    // As a crash while the old index is blocked leaves it.
-    client
-        .put(format!("{base}/{}/_settings", context.index("items-v1")))
-        .json(&json!({"index.blocks.write": true}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    block_writes(&context, cluster, "items-v1").await;
     let db = context.postgres().await.unwrap();
     db.batch_execute("UPDATE items SET note = 'while blocked' WHERE id = 2")
         .await
@@ -300,12 +288,7 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
         docs["2"].source["note"], "while blocked",
         "the block holds writes"
     );
-    let (code, status) = run(
-        &config,
-        &["--config", config.to_str().unwrap(), "status"],
-        "status.log",
-    )
-    .await;
+    let (code, status) = run(&config, &["status"], "status.log").await;
     assert_eq!(code, Some(0), "{status}");
     assert!(status.contains(&format!("rebuild: into {v2}")), "{status}");
     assert!(status.contains("write-blocked"), "{status}");
@@ -362,15 +345,9 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
 async fn abort_dry_run_and_bad_input() {
     let cluster = Cluster::OpenSearch;
     let context = TestContext::new("rebuild_abort").await.unwrap();
-    let (pipeline, config, sink) = items_pipeline(&context, cluster, 300, "").await;
-    let path = config.to_str().unwrap();
+    let (pipeline, config, sink) = items_pipeline(&context, cluster, 300, |sink| sink).await;
 
-    let (code, output) = run(
-        &config,
-        &rebuild_args(&config, &sink, &["--dry-run"]),
-        "dry.log",
-    )
-    .await;
+    let (code, output) = run(&config, &rebuild_args(&sink, &["--dry-run"]), "dry.log").await;
     assert_eq!(code, Some(0), "{output}");
     assert!(
         output.contains(&format!("create {}", context.index("items-v2"))),
@@ -381,9 +358,8 @@ async fn abort_dry_run_and_bad_input() {
     assert_eq!(status, 404, "a dry run creates nothing");
 
     // An interrupted rebuild, killed while the old index was blocked.
-    let args = rebuild_args(&config, &sink, &[]);
-    let mut first =
-        Process::start("sluice-consumer", &args, config.with_file_name("first.log")).unwrap();
+    let args = rebuild_args(&sink, &[]);
+    let mut first = Process::command("sluice-consumer", &config, &args, "first.log").unwrap();
     eventually(WAIT, "the new index exists", || async {
         let (status, _) = get(&context, cluster, &context.index("items-v2")).await;
         Ok((status == 200).then_some(()))
@@ -397,19 +373,8 @@ async fn abort_dry_run_and_bad_input() {
         "killed before the swap"
     );
     {
-        let (client, base) = context.cluster(cluster);
-        client
-            .put(format!("{base}/{}/_settings", context.index("items-v1")))
-            .json(&json!({"index.blocks.write": true}))
-            .send()
-            .await
-            .unwrap();
-        let (code, output) = run(
-            &config,
-            &rebuild_args(&config, &sink, &["--abort"]),
-            "abort.log",
-        )
-        .await;
+        block_writes(&context, cluster, "items-v1").await;
+        let (code, output) = run(&config, &rebuild_args(&sink, &["--abort"]), "abort.log").await;
         assert_eq!(code, Some(0), "{output}");
         assert!(output.contains("aborted"), "{output}");
         let (status, _) = get(&context, cluster, &context.index("items-v2")).await;
@@ -430,16 +395,11 @@ async fn abort_dry_run_and_bad_input() {
     .enumerate()
     {
         let log = format!("bad-{n}.log");
-        let (code, output) = run(&config, &rebuild_args(&config, &sink, &extra), &log).await;
+        let (code, output) = run(&config, &rebuild_args(&sink, &extra), &log).await;
         assert_eq!(code, Some(2), "{extra:?}: {output}");
         assert!(output.contains(expect), "{extra:?}: {output}");
     }
-    let (code, output) = run(
-        &config,
-        &["--config", path, "rebuild", "nope"],
-        "bad-sink.log",
-    )
-    .await;
+    let (code, output) = run(&config, &["rebuild", "nope"], "bad-sink.log").await;
     assert_eq!(code, Some(2), "{output}");
     assert!(output.contains("nope: no such sink"), "{output}");
 

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use sluice_tests::sink::Cluster;
 use sluice_tests::traffic::{self, ITEMS};
-use sluice_tests::{Process, TestContext, eventually};
+use sluice_tests::{Cluster, Process, TestContext, eventually, run_command};
 
 const WAIT: Duration = Duration::from_secs(120);
 const ROWS: i32 = 400;
@@ -20,10 +19,9 @@ async fn replay_from_the_beginning_changes_no_document() {
     let context = TestContext::new("replay").await.unwrap();
     let db = context.postgres().await.unwrap();
     db.batch_execute(ITEMS).await.unwrap();
-    let sink = context.sink_yaml("items", "public.items", cluster, "items", "", "");
-    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
-    let config = context.config(&yaml).unwrap();
-    let path = context.write_config(&yaml).unwrap();
+    let items = context.sink_config(cluster, "items");
+    let config = items.load().unwrap();
+    let path = items.write().unwrap();
     let sink = context.sink_name("items");
     let topic = context.topic("public.items");
     let producer = context.spawn_producer(config.clone());
@@ -49,17 +47,10 @@ async fn replay_from_the_beginning_changes_no_document() {
         .unwrap();
     let before = context.documents(cluster, "items").await.unwrap();
 
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "replay",
-        &sink,
-        "--from-beginning",
-    ];
-    let mut refused =
-        Process::start("sluice-consumer", &args, path.with_file_name("refused.log")).unwrap();
-    let code = refused.wait(WAIT).await.unwrap();
-    let output = refused.output();
+    let args = ["replay", &sink, "--from-beginning"];
+    let (code, output) = run_command("sluice-consumer", &path, &args, "refused.log", WAIT)
+        .await
+        .unwrap();
     assert_eq!(code, Some(1), "{output}");
     assert!(output.contains("running member"), "{output}");
     assert!(output.contains("--wait"), "{output}");
@@ -71,12 +62,7 @@ async fn replay_from_the_beginning_changes_no_document() {
 
     let mut waiting: Vec<&str> = args.to_vec();
     waiting.push("--wait");
-    let mut replay = Process::start(
-        "sluice-consumer",
-        &waiting,
-        path.with_file_name("replay.log"),
-    )
-    .unwrap();
+    let mut replay = Process::command("sluice-consumer", &path, &waiting, "replay.log").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         replay.child.try_wait().unwrap().is_none(),
@@ -115,22 +101,11 @@ async fn replay_from_the_beginning_changes_no_document() {
     // A time after every message: the group lands at the ends.
     consumer.0.cancel();
     consumer.1.await.unwrap().unwrap();
-    let future = [
-        "--config",
-        path.to_str().unwrap(),
-        "replay",
-        &sink,
-        "--from-time",
-        "0s",
-    ];
-    let mut later =
-        Process::start("sluice-consumer", &future, path.with_file_name("later.log")).unwrap();
-    assert_eq!(
-        later.wait(WAIT).await.unwrap(),
-        Some(0),
-        "{}",
-        later.output()
-    );
+    let future = ["replay", &sink, "--from-time", "0s"];
+    let (code, output) = run_command("sluice-consumer", &path, &future, "later.log", WAIT)
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{output}");
     assert_eq!(
         context.committed_offsets(&sink, &topic).await.unwrap(),
         ends
@@ -144,18 +119,11 @@ async fn replay_from_the_beginning_changes_no_document() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_refuses_bad_input_with_exit_2() {
     let context = TestContext::new("replay_input").await.unwrap();
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::OpenSearch,
-        "items",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.items", &format!("sinks:\n{sink}"));
-    let path = context.write_config(&yaml).unwrap();
+    let path = context
+        .sink_config(Cluster::OpenSearch, "items")
+        .write()
+        .unwrap();
     let sink = context.sink_name("items");
-    let config = path.to_str().unwrap();
     for (n, (args, expect)) in [
         (vec!["replay", sink.as_str()], "--from-beginning"),
         (
@@ -180,16 +148,10 @@ async fn replay_refuses_bad_input_with_exit_2() {
     .into_iter()
     .enumerate()
     {
-        let mut all = vec!["--config", config];
-        all.extend(args.iter());
-        let mut process = Process::start(
-            "sluice-consumer",
-            &all,
-            path.with_file_name(format!("bad-{n}.log")),
-        )
-        .unwrap();
-        let code = process.wait(WAIT).await.unwrap();
-        let output = process.output();
+        let log = format!("bad-{n}.log");
+        let (code, output) = run_command("sluice-consumer", &path, &args, &log, WAIT)
+            .await
+            .unwrap();
         assert_eq!(code, Some(2), "{args:?}: {output}");
         assert!(output.contains(expect), "{args:?}: {output}");
     }

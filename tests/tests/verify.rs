@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_tests::sink::Cluster;
-use sluice_tests::{TestContext, eventually, json_report, run_command};
+use sluice_tests::{Cluster, TestContext, eventually, json_report, run_command};
 
 const WAIT: Duration = Duration::from_secs(120);
 const ROWS: i32 = 500;
@@ -46,20 +45,11 @@ async fn verify_finds_hand_made_drift_and_repair_fixes_it() {
     ))
     .await
     .unwrap();
-    let sink = context.sink_yaml(
-        "items",
-        "public.items",
-        Cluster::Elasticsearch,
-        "items",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml(
-        "  - name: public.items\n    backfill: true",
-        &format!("sinks:\n{sink}"),
-    );
-    let config = context.config(&yaml).unwrap();
-    let path = context.write_config(&yaml).unwrap();
+    let items = context
+        .sink_config(Cluster::Elasticsearch, "items")
+        .backfill(true);
+    let config = items.load().unwrap();
+    let path = items.write().unwrap();
     let sink_name = context.sink_name("items");
     let pipeline = context.start_pipeline(config).await.unwrap();
     eventually(WAIT, "every row indexed", || async {
@@ -183,16 +173,10 @@ async fn verify_refuses_bad_input_with_exit_2() {
     db.batch_execute("CREATE TABLE things (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let sink = context.sink_yaml(
-        "things",
-        "public.things",
-        Cluster::OpenSearch,
-        "things",
-        "",
-        "",
-    );
-    let yaml = context.config_yaml("  - name: public.things", &format!("sinks:\n{sink}"));
-    let path = context.write_config(&yaml).unwrap();
+    let path = context
+        .sink_config(Cluster::OpenSearch, "things")
+        .write()
+        .unwrap();
     let sink_name = context.sink_name("things");
 
     let (code, output) = verify(&path, &["no-such-sink"], "bad-1.log").await;
