@@ -25,6 +25,15 @@ const TOKEN: &str = "console-token-3b9f27d1c4e8a6f0";
 const SCRIPT: &str =
     "<script>window.__sluice_xss = 1</script><img src=x onerror=\"window.__sluice_xss = 2\">";
 
+/// An address of this host other than loopback (the one a default route would use).
+fn host_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -64,14 +73,18 @@ async fn the_console_shows_the_group_its_failed_messages_and_redrives_them_after
             "producer_listen: 127.0.0.1:0",
             &format!("producer_listen: 127.0.0.1:{producer_port}"),
         );
-    let yaml = |port: u16, console: &str| {
+    let yaml = |listen: &str, console: &str| {
         base.replace(
             "consumer_listen: 127.0.0.1:0",
-            &format!("consumer_listen: 127.0.0.1:{port}\n  console:\n{console}"),
+            &format!("consumer_listen: {listen}\n  console:\n{console}"),
         )
     };
-    let yaml_a = yaml(port_a, &format!("    token: \"{TOKEN}\"\n"));
-    let yaml_b = yaml(port_b, "    enabled: true\n");
+    let yaml_a = yaml(
+        &format!("127.0.0.1:{port_a}"),
+        &format!("    token: \"{TOKEN}\"\n"),
+    );
+    // B listens on every address (for Prometheus); its console still answers loopback only.
+    let yaml_b = yaml(&format!("0.0.0.0:{port_b}"), "    enabled: true\n");
     let config = context.config(&yaml_a).unwrap();
     let dir = context.write_config(&yaml_a).unwrap();
     let dir = dir.parent().unwrap().to_owned();
@@ -328,6 +341,33 @@ async fn the_console_shows_the_group_its_failed_messages_and_redrives_them_after
         .screenshot(&dir.join("backfills.png"))
         .await
         .unwrap();
+
+    // From another host (this host's own address, not loopback): metrics yes, console no.
+    match host_address() {
+        Some(ip) => {
+            let metrics = http
+                .get(format!("http://{ip}:{port_b}/metrics"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(metrics.status(), 200);
+            let console = http
+                .get(format!("http://{ip}:{port_b}/console/api/overview"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(console.status(), 403);
+            let body: Value = console.json().await.unwrap();
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("only on this host (loopback)"),
+                "{body}"
+            );
+        }
+        None => println!("no non-loopback address on this host: the remote refusal is not checked"),
+    }
 
     // No secret in anything the console serves; every answer forbids inline script.
     let secrets = [

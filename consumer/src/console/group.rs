@@ -163,7 +163,7 @@ async fn sink_overview(console: &Console, sink: &SinkConfig) -> Value {
         ),
         "members": members.as_ref().map_or_else(
             |e| json!({"error": e}),
-            |list| Value::Array(list.iter().map(member_json).collect()),
+            |list| Value::Array(list.iter().map(|m| member_json(m, console.bound.get())).collect()),
         ),
         "outcomes": labelled(outcomes.map(|c| json!(c))),
         "last_success_micros": last_success,
@@ -183,11 +183,16 @@ fn partition_json(row: &PartitionLag, owners: &BTreeMap<i32, String>) -> Value {
     })
 }
 
-fn member_json(member: &Member) -> Value {
+fn member_json(member: &Member, this: Option<&SocketAddr>) -> Value {
+    // A process listening on every address is a member at the address Kafka saw.
+    let is_this = member.addr.zip(this).is_some_and(|(addr, this)| {
+        addr.port() == this.port() && (addr.ip() == this.ip() || this.ip().is_unspecified())
+    });
     let mut out = json!({
         "client_id": member.client_id,
         "host": member.host,
         "addr": member.addr.map(|a| a.to_string()),
+        "this_process": is_this,
         "partitions": member.partitions,
     });
     match &member.entry {

@@ -170,7 +170,7 @@
       el('tr', {}, el('th', {}, 'member'), el('th', {}, 'partitions'), el('th', {}, 'indexed'),
         el('th', {}, 'dead-lettered'), el('th', {}, 'retried'), el('th', {}, 'last bulk success')),
       ...members.map((m) => el('tr', {'data-member': m.addr || m.client_id},
-        el('td', {}, (m.addr || m.client_id) + (overview && m.addr === overview.process ? ' (this process)' : '')),
+        el('td', {}, (m.addr || m.client_id) + (m.this_process ? ' (this process)' : '')),
         ...(m.error ? [el('td', {colspan: 5, class: 'muted'}, m.error)] : [
           el('td', {}, m.partitions.join(', ') || 'none'),
           el('td', {}, m.outcomes.indexed), el('td', {}, m.outcomes.dead_lettered),
