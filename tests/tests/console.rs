@@ -279,12 +279,17 @@ async fn the_console_shows_the_group_its_failed_messages_and_redrives_them_after
     })
     .await;
     browser.type_into("#token", TOKEN).await.unwrap();
+    let clicked = std::time::Instant::now();
     browser.click("tr.reason button.redrive").await.unwrap();
     let done = seen("the redrive's tally", || async {
         let message = browser.text("#message").await?;
         Ok(message.filter(|m| m.starts_with("re-driven ")))
     })
     .await;
+    println!(
+        "redrive of 3 letters from the page: {:?}",
+        clicked.elapsed()
+    );
     assert!(done.starts_with("re-driven 3: indexed 3,"), "{done}");
     assert!(done.ends_with("failed again 0"), "{done}");
     seen("the group emptied", || async {
@@ -389,12 +394,14 @@ async fn the_console_shows_the_group_its_failed_messages_and_redrives_them_after
             "api/backfills",
             &format!("api/failed/{sink}"),
         ] {
+            let asked = std::time::Instant::now();
             let reply = http
                 .get(format!("http://127.0.0.1:{port}/console/{path}"))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(reply.status(), 200, "{path}");
+            println!("GET /console/{path} on :{port}: {:?}", asked.elapsed());
             let csp = reply.headers()["content-security-policy"].to_str().unwrap();
             assert!(
                 csp.starts_with("default-src 'self'; script-src 'self';"),

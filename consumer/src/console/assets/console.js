@@ -142,8 +142,8 @@
         stroke: COLORS[outcome], 'stroke-width': 2, 'data-outcome': outcome}));
     }
     const label = svg('text', {x: 5, y: 12, 'font-size': 11, fill: '#57606a'});
-    const window = span < 120 ? span + ' s' : Math.round(span / 60) + ' min';
-    label.textContent = 'events/s by outcome, last ' + window + ' (peak ' + top.toFixed(1) + ')';
+    const shown = span < 120 ? span + ' s' : Math.round(span / 60) + ' min';
+    label.textContent = 'events/s by outcome, last ' + shown + ' (peak ' + top.toFixed(1) + ')';
     drawn.append(label);
     box.append(drawn, el('div', {class: 'legend'}, ...OUTCOMES.map((o) =>
       el('span', {}, svg('svg', {width: 12, height: 12}), o.replace('_', ' ')))));
