@@ -15,7 +15,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 #[derive(Debug)]
 pub struct Browser {
     http: reqwest::Client,
+    /// `http://127.0.0.1:PORT/session/ID`.
     session: String,
+    port: u16,
     _driver: Process,
 }
 
@@ -65,6 +67,7 @@ impl Browser {
         Ok(Self {
             http,
             session: format!("{base}/session/{session}"),
+            port,
             _driver: driver,
         })
     }
@@ -180,6 +183,27 @@ impl Browser {
     pub async fn quit(self) -> anyhow::Result<()> {
         self.http.delete(&self.session).send().await?;
         Ok(())
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session also when a test fails: killing chromedriver alone would leave the
+    /// browser running. Blocking and plain, since a panic may be unwinding an async task.
+    fn drop(&mut self) {
+        use std::io::{Read as _, Write as _};
+        let Some(path) = self.session.find("/session/").map(|at| &self.session[at..]) else {
+            return;
+        };
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
     }
 }
 
