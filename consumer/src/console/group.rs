@@ -49,34 +49,54 @@ async fn read_members(console: &Console, sink: &str, topic: &str) -> Result<Vec<
     let listed = members(&console.config, sink)
         .await
         .map_err(|e| e.to_string())?;
-    let mut members = Vec::new();
-    for GroupMember {
-        client_id,
-        host,
-        addr,
-        assignment,
-    } in listed
-    {
-        let entry = match addr {
-            None => Err("no status address in its client id".to_owned()),
-            Some(addr) => match telemetry::fetch_status(addr).await {
-                Ok(Value::Array(entries)) => entries
-                    .into_iter()
-                    .find(|e| e["sink"].as_str() == Some(sink))
-                    .ok_or_else(|| format!("runs no sink {sink}")),
-                Ok(_) => Err("its /status is not a consumer's".to_owned()),
-                Err(error) => Err(format!("not reachable ({error})")),
-            },
-        };
-        members.push(Member {
-            client_id,
-            host,
-            addr,
-            partitions: kafka::assigned_partitions(&assignment, topic),
-            entry,
-        });
+    // Every member at once: one that does not answer costs its timeout once, not per member.
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, member) in listed.iter().enumerate() {
+        let (addr, sink) = (member.addr, sink.to_owned());
+        asked.spawn(async move { (i, status_entry(addr, &sink).await) });
     }
-    Ok(members)
+    let mut entries: Vec<Result<Value, String>> = vec![Err("not asked".to_owned()); listed.len()];
+    while let Some(answered) = asked.join_next().await {
+        if let Ok((i, entry)) = answered
+            && let Some(slot) = entries.get_mut(i)
+        {
+            *slot = entry;
+        }
+    }
+    Ok(listed
+        .into_iter()
+        .zip(entries)
+        .map(|(member, entry)| {
+            let GroupMember {
+                client_id,
+                host,
+                addr,
+                assignment,
+            } = member;
+            Member {
+                client_id,
+                host,
+                addr,
+                partitions: kafka::assigned_partitions(&assignment, topic),
+                entry,
+            }
+        })
+        .collect())
+}
+
+/// The sink's entry of the `/status` served at `addr`, or why there is none.
+async fn status_entry(addr: Option<SocketAddr>, sink: &str) -> Result<Value, String> {
+    let Some(addr) = addr else {
+        return Err("no status address in its client id".to_owned());
+    };
+    match telemetry::fetch_status(addr).await {
+        Ok(Value::Array(entries)) => entries
+            .into_iter()
+            .find(|e| e["sink"].as_str() == Some(sink))
+            .ok_or_else(|| format!("runs no sink {sink}")),
+        Ok(_) => Err("its /status is not a consumer's".to_owned()),
+        Err(error) => Err(format!("not reachable ({error})")),
+    }
 }
 
 async fn sink_overview(console: &Console, sink: &SinkConfig) -> Value {
