@@ -465,3 +465,46 @@ async fn the_console_shows_the_group_its_failed_messages_and_redrives_them_after
     producer_task.await.unwrap().unwrap();
     context.cleanup().await.unwrap();
 }
+
+/// A console token that is too short stops the consumer at load, with exit 2, naming the field
+/// and the fix and not the value; nothing is connected to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_console_token_is_a_config_error_that_does_not_show_it() {
+    let context = TestContext::new("console_token").await.unwrap();
+    let sink = context.sink_yaml(
+        "things",
+        "public.things",
+        Cluster::Elasticsearch,
+        "things",
+        "",
+        "",
+    );
+    let yaml = context
+        .config_yaml("  - name: public.things", &format!("sinks:\n{sink}"))
+        .replace(
+            "  log_level: info\n",
+            "  log_level: info\n  console:\n    token: \"hunter2 x\"\n",
+        );
+    let path = context.write_config(&yaml).unwrap();
+    for command in ["check", "run"] {
+        let (code, output) = sluice_tests::run_command(
+            "sluice-consumer",
+            &path,
+            &[command],
+            &format!("{command}.log"),
+            WAIT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, Some(2), "{output}");
+        assert!(output.contains("telemetry.console.token"), "{output}");
+        assert!(output.contains("${SLUICE_CONSOLE_TOKEN}"), "{output}");
+        assert!(!output.contains("hunter2"), "the token is shown:\n{output}");
+        assert_eq!(
+            output.matches("telemetry.console.token").count(),
+            1,
+            "printed once:\n{output}"
+        );
+    }
+    context.cleanup().await.unwrap();
+}
