@@ -255,7 +255,14 @@
       body.push(actionButton('Redrive all', {sink: data.sink}));
     }
     body.push(...data.letters.map((l) => letter(data.sink, l)));
-    replace(document.getElementById('failed-body'), ...body);
+    // A refresh keeps the events a person opened open.
+    const container = document.getElementById('failed-body');
+    const open = new Set([...container.querySelectorAll('div.letter details[open]')]
+      .map((d) => d.closest('div.letter').dataset.position));
+    replace(container, ...body);
+    for (const details of container.querySelectorAll('div.letter details')) {
+      if (open.has(details.closest('div.letter').dataset.position)) details.open = true;
+    }
   }
 
   function letter(sink, l) {
