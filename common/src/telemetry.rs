@@ -156,6 +156,18 @@ pub async fn serve(
     status: Option<StatusFn>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, TelemetryError> {
+    serve_with(listen, health, status, Router::new(), shutdown).await
+}
+
+/// [`serve`] with more routes beside the health endpoints (the consumer's console). Handlers
+/// can read the client's address as `ConnectInfo<SocketAddr>`.
+pub async fn serve_with(
+    listen: Listen,
+    health: Health,
+    status: Option<StatusFn>,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, TelemetryError> {
     let metrics = metrics_handle()?;
     let listener = bind(listen).await?;
     let bound = listener
@@ -173,8 +185,10 @@ pub async fn serve(
             metrics,
             health,
             status,
-        });
+        })
+        .merge(routes);
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

@@ -239,7 +239,13 @@ async fn render_members(out: &mut String, config: &Config, sink: &str) {
         return;
     }
     let _ = writeln!(out, "  members: {}", members.len());
-    for (client_id, host, addr) in members {
+    for GroupMember {
+        client_id,
+        host,
+        addr,
+        ..
+    } in members
+    {
         let Some(addr) = addr else {
             let _ = writeln!(out, "    {client_id} at {host}: no status address");
             continue;
@@ -278,11 +284,20 @@ async fn render_members(out: &mut String, config: &Config, sink: &str) {
     }
 }
 
-/// The members of `group`: client id, host, and where it serves `/status`.
-pub(crate) async fn members(
-    config: &Config,
-    group: &str,
-) -> Result<Vec<(String, String, Option<std::net::SocketAddr>)>, Error> {
+/// One member of a consumer group, as the group coordinator knows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct GroupMember {
+    pub(crate) client_id: String,
+    /// The host Kafka saw it connect from (`/127.0.0.1`).
+    pub(crate) host: String,
+    /// Where it serves `/status`.
+    pub(crate) addr: Option<std::net::SocketAddr>,
+    /// Its assignment, undecoded (see [`kafka::assigned_partitions`]).
+    pub(crate) assignment: Vec<u8>,
+}
+
+/// The members of `group`.
+pub(crate) async fn members(config: &Config, group: &str) -> Result<Vec<GroupMember>, Error> {
     let consumer: BaseConsumer = kafka::client_config(config, &[])
         .create()
         .map_err(Error::kafka("creating a group client"))?;
@@ -297,12 +312,11 @@ pub(crate) async fn members(
             .groups()
             .iter()
             .flat_map(|g| g.members())
-            .map(|m| {
-                (
-                    m.client_id().to_owned(),
-                    m.client_host().to_owned(),
-                    kafka::member_status_addr(m.client_id(), m.client_host()),
-                )
+            .map(|m| GroupMember {
+                client_id: m.client_id().to_owned(),
+                host: m.client_host().to_owned(),
+                addr: kafka::member_status_addr(m.client_id(), m.client_host()),
+                assignment: m.assignment().unwrap_or_default().to_vec(),
             })
             .collect();
         members.sort();

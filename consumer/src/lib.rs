@@ -11,6 +11,7 @@
 
 mod batch;
 mod commands;
+mod console;
 mod consume;
 mod dead_letter;
 mod decode;
@@ -143,15 +144,22 @@ pub async fn run(
         Arc::new(move || Value::Array(all_stats.iter().map(|s| s.to_json()).collect()))
             as telemetry::StatusFn
     };
-    let bound = telemetry::serve(
+    let console = Arc::new(console::Console::new(
+        config.clone(),
+        all_stats.clone(),
+        shutdown.child_token(),
+    ));
+    let bound = telemetry::serve_with(
         config
             .telemetry
             .listen(sluice_common::config::Process::Consumer),
         health.clone(),
         Some(status),
+        console::routes(console.clone()),
         shutdown.child_token(),
     )
     .await?;
+    console.bound(bound);
     // Where this process really listens: group members name it in their client id, so
     // `status` finds every process of a group.
     config.telemetry.consumer_listen = Some(bound);
@@ -170,6 +178,7 @@ pub async fn run(
         ));
     }
     let watch = tokio::spawn(watch_readiness(health, readiness, stop.clone()));
+    let sampler = tokio::spawn(stats::sample_every(all_stats.clone(), stop.clone()));
     let mut result = Ok(());
     while let Some(joined) = sinks.join_next().await {
         let outcome = joined.map_err(Error::from).and_then(|outcome| outcome);
@@ -189,6 +198,7 @@ pub async fn run(
     }
     stop.cancel();
     let _ = watch.await;
+    let _ = sampler.await;
     result
 }
 

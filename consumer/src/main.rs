@@ -272,6 +272,7 @@ fn dlq_options(sink: String, command: DlqCommand) -> sluice_consumer::dlq::Optio
         filter: Filter {
             reason: args.reason,
             since: args.since,
+            position: None,
         },
         json: args.format == "json",
     }

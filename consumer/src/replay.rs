@@ -74,7 +74,7 @@ pub async fn replay(
         }
         let listed: Vec<String> = members
             .iter()
-            .map(|(client, host, _)| format!("{client} at {}", host.trim_start_matches('/')))
+            .map(|m| format!("{} at {}", m.client_id, m.host.trim_start_matches('/')))
             .collect();
         if !options.wait {
             return Err(Error::Command(format!(

@@ -1,4 +1,6 @@
-//! Outcome counters of one sink, for `/status`, `/metrics` and readiness.
+//! Outcome counters of one sink, for `/status`, `/metrics`, readiness and the console.
+
+pub mod recent;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sluice_common::telemetry::names;
 
+use self::recent::Recent;
 use crate::dead_letter::DeadLetter;
 use crate::dlq::summary::Summary;
 
@@ -40,7 +43,7 @@ impl Outcome {
         }
     }
 
-    const ALL: [Self; 6] = [
+    pub const ALL: [Self; 6] = [
         Self::Indexed,
         Self::Deleted,
         Self::Stale,
@@ -94,6 +97,10 @@ pub struct SinkStats {
     committed: Mutex<BTreeMap<i32, i64>>,
     /// This process's dead letters since it started, by reason.
     dead_letters: Mutex<Summary>,
+    /// Micros from a change's commit in Postgres to its bulk request's success, the latest.
+    commit_to_indexed: AtomicI64,
+    /// The outcome counters of the last minutes.
+    recent: Mutex<Recent>,
 }
 
 pub fn now_micros() -> i64 {
@@ -128,6 +135,8 @@ impl SinkStats {
             lag: Mutex::new(BTreeMap::new()),
             committed: Mutex::new(BTreeMap::new()),
             dead_letters: Mutex::new(Summary::bounded(DEAD_LETTER_REASONS)),
+            commit_to_indexed: AtomicI64::new(-1),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -173,6 +182,17 @@ impl SinkStats {
 
     pub fn indexed_after_commit(&self, seconds: f64) {
         self.handles.commit_to_indexed.record(seconds);
+        #[allow(clippy::cast_possible_truncation)] // micros of a latency
+        self.commit_to_indexed
+            .store((seconds * 1e6) as i64, Ordering::Relaxed);
+    }
+
+    /// Adds the counters as they are now to the last minutes' samples.
+    pub fn sample(&self) {
+        let counts = Outcome::ALL.map(|o| self.count(o));
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.record(now_micros() / 1_000_000, counts);
+        }
     }
 
     pub fn set_lag(&self, partitions: BTreeMap<i32, i64>) {
@@ -240,6 +260,28 @@ impl SinkStats {
             "lag": lag.values().sum::<i64>(),
             "partitions": partitions,
             "dead_letters": dead_letters,
+            "commit_to_indexed_micros": Some(self.commit_to_indexed.load(Ordering::Relaxed))
+                .filter(|m| *m >= 0),
+            "recent": self.recent.lock().map(|r| r.to_json()).unwrap_or_default(),
         })
+    }
+}
+
+/// Samples every sink's counters on the grid of [`recent::EVERY_SECONDS`] until `stop`.
+pub async fn sample_every(
+    sinks: Vec<std::sync::Arc<SinkStats>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        for sink in &sinks {
+            sink.sample();
+        }
+        // To just past the next grid point, so each sample lands on its own point.
+        let micros = now_micros().rem_euclid(recent::EVERY_SECONDS * 1_000_000);
+        let wait = recent::EVERY_SECONDS * 1_000_000 - micros + 10_000;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_micros(u64::try_from(wait).unwrap_or(0))) => {}
+        }
     }
 }

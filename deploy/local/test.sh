@@ -13,6 +13,8 @@ cd "$DEPLOY_LOCAL_DIR/../.."
 
 # librdkafka is built from source (cmake/make, a C/C++ compiler, OpenSSL, zlib headers).
 apt_install build-essential pkg-config libssl-dev zlib1g-dev cmake
+# The console's test (tests/tests/console.rs) drives headless Chromium over WebDriver.
+apt_install chromium chromium-driver
 
 cleanup() {
   local status=$?

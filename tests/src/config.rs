@@ -219,6 +219,19 @@ impl ConfigBuilder {
         self
     }
 
+    /// The consumer's endpoints on `address` (`host:port`, e.g. every address of the host).
+    pub fn consumer_listen(mut self, address: &str) -> Self {
+        self.telemetry
+            .insert("consumer_listen".to_owned(), json!(address));
+        self
+    }
+
+    /// `telemetry.console`, e.g. `json!({"token": "…"})`.
+    pub fn console(mut self, console: Value) -> Self {
+        self.telemetry.insert("console".to_owned(), console);
+        self
+    }
+
     /// Leaves both listen addresses out, so every process takes the defaults.
     pub fn default_listen(mut self) -> Self {
         self.telemetry.remove("producer_listen");

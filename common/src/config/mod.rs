@@ -379,6 +379,40 @@ pub struct TelemetryConfig {
     /// or the next free port when another process on the host has it.
     #[serde(default)]
     pub consumer_listen: Option<SocketAddr>,
+    /// The consumer's web console under `/console` of `consumer_listen`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// `telemetry.console`: the consumer's web console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve `/console` (default `true`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The bearer token the console's actions (redrive) require. Unset: the console is
+    /// read-only and every action is refused.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Answer the console to clients on other hosts too. Default `false`: only loopback
+    /// clients (the host itself, an SSH tunnel, `kubectl port-forward`) see it, whatever
+    /// address `consumer_listen` binds for Prometheus.
+    #[serde(default)]
+    pub remote: bool,
+}
+
+/// The shortest console token accepted: long enough not to be guessed over HTTP.
+pub const CONSOLE_TOKEN_MIN_LEN: usize = 16;
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+            remote: false,
+        }
+    }
 }
 
 /// Where a process serves its endpoints.
@@ -429,6 +463,7 @@ impl Default for TelemetryConfig {
             log_level: default_log_level(),
             producer_listen: None,
             consumer_listen: None,
+            console: ConsoleConfig::default(),
         }
     }
 }

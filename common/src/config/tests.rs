@@ -431,6 +431,26 @@ fn a_bad_log_level_is_rejected() {
 }
 
 #[test]
+fn a_console_token_comes_from_the_environment_and_a_short_one_is_refused_unshown() {
+    let console = |token: &str| format!("{GOOD}telemetry:\n  console:\n    token: \"{token}\"\n");
+    let config = parse(&console("${ES_API_KEY}-and-some-more")).unwrap();
+    let token = config.telemetry.console.token.as_ref().map(Secret::expose);
+    assert_eq!(token, Some("es-secret-and-some-more"));
+    assert!(config.telemetry.console.enabled && !config.telemetry.console.remote);
+    assert!(parse(GOOD).unwrap().telemetry.console.token.is_none());
+
+    let problems = parse(&console("short secret")).unwrap_err().problems();
+    assert_eq!(problems.len(), 1);
+    assert_problem(
+        &problems[0],
+        "telemetry.console.token",
+        "the token has 12 characters and whitespace: it needs at least 16",
+        "${SLUICE_CONSOLE_TOKEN}",
+    );
+    assert!(!format!("{problems:?}").contains("short secret"));
+}
+
+#[test]
 fn yaml_syntax_errors_say_where() {
     let error = parse("postgres:\n  url: [unclosed\n").unwrap_err();
     assert!(matches!(error, ConfigError::Syntax { .. }), "{error}");

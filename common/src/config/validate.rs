@@ -336,6 +336,28 @@ impl Config {
                 "use a level such as `info` or `debug`, or directives like `sluice_producer=debug,info`",
             ));
         }
+        if let Some(token) = &self.telemetry.console.token {
+            let value = token.expose();
+            // Never the value itself: only what is wrong with it.
+            if value.chars().count() < super::CONSOLE_TOKEN_MIN_LEN
+                || value.chars().any(char::is_whitespace)
+            {
+                p.push(Problem::new(
+                    "telemetry.console.token",
+                    format!(
+                        "the token has {} characters{}: it needs at least {} and no whitespace",
+                        value.chars().count(),
+                        if value.chars().any(char::is_whitespace) {
+                            " and whitespace"
+                        } else {
+                            ""
+                        },
+                        super::CONSOLE_TOKEN_MIN_LEN
+                    ),
+                    "set it from the environment (`token: ${SLUICE_CONSOLE_TOKEN}`) to a random value, e.g. `openssl rand -hex 24`, or remove it for a read-only console",
+                ));
+            }
+        }
     }
 }
 

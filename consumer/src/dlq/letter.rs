@@ -169,6 +169,8 @@ pub struct Filter {
     pub reason: Option<String>,
     /// Letters written at or after this time (Unix ms).
     pub since: Option<i64>,
+    /// Only the letter at this partition and offset of the dead-letter topic.
+    pub position: Option<(i32, i64)>,
 }
 
 impl Filter {
@@ -179,7 +181,10 @@ impl Filter {
         let since = self
             .since
             .is_none_or(|since| letter.time.is_some_and(|time| time >= since));
-        reason && since
+        let position = self.position.is_none_or(|(partition, offset)| {
+            (letter.partition, letter.offset) == (partition, offset)
+        });
+        reason && since && position
     }
 }
 
@@ -235,18 +240,25 @@ mod tests {
         let letter = stored(ES_REASON, 1_000);
         let by = |reason: &str| Filter {
             reason: Some(reason.to_owned()),
-            since: None,
+            ..Filter::default()
         };
         assert!(by(&reason_group(ES_REASON)).matches(&letter));
         assert!(by("failed to parse field [code]").matches(&letter));
         assert!(!by("failed to parse field [name]").matches(&letter));
         let since = |since| Filter {
-            reason: None,
             since: Some(since),
+            ..Filter::default()
         };
         assert!(since(1_000).matches(&letter));
         assert!(!since(1_001).matches(&letter));
         assert!(Filter::default().matches(&letter));
+        let at = |partition, offset| Filter {
+            position: Some((partition, offset)),
+            ..Filter::default()
+        };
+        assert!(at(letter.partition, letter.offset).matches(&letter));
+        assert!(!at(letter.partition, letter.offset + 1).matches(&letter));
+        assert!(!at(letter.partition + 1, letter.offset).matches(&letter));
     }
 
     #[test]

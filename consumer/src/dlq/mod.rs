@@ -26,7 +26,7 @@
 mod letter;
 mod read;
 mod redrive;
-mod show;
+pub(crate) mod show;
 pub mod summary;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::letter::{Filter, reason_group};
 pub(crate) use self::read::Letters;
 use self::read::Span;
-pub use self::redrive::redrive;
+pub use self::redrive::{Tally, redrive, redrive_letters};
 use self::summary::Summary;
 use crate::error::Error;
 

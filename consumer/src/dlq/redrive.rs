@@ -183,14 +183,31 @@ pub async fn redrive(
     dry_run: bool,
     shutdown: CancellationToken,
 ) -> Result<bool, Error> {
-    let Some(prepared) = crate::prepare(&config, Some(&options.sink))?.pop() else {
-        return Err(crate::verify::unknown_sink(&config, &options.sink));
+    let tally = redrive_letters(&config, &options.sink, &options.filter, dry_run, shutdown).await?;
+    let topic = config
+        .sink(&options.sink)
+        .map(sluice_common::config::SinkConfig::dlq_topic)
+        .unwrap_or_default();
+    print(&tally, &options.sink, &topic, dry_run, options.json);
+    Ok(tally.failed.total == 0)
+}
+
+/// The redrive itself, reporting only progress: what `dlq redrive` and the console's redrive
+/// action run.
+pub async fn redrive_letters(
+    config: &Config,
+    sink: &str,
+    filter: &Filter,
+    dry_run: bool,
+    shutdown: CancellationToken,
+) -> Result<Tally, Error> {
+    let Some(prepared) = crate::prepare(config, Some(sink))?.pop() else {
+        return Err(crate::verify::unknown_sink(config, sink));
     };
     let sink = prepared.config.clone();
     let topic = sink.dlq_topic();
-    let Some(mut letters) = Letters::open(&config, &sink).await? else {
-        print(&Tally::default(), &sink.name, &topic, dry_run, options.json);
-        return Ok(true);
+    let Some(mut letters) = Letters::open(config, &sink).await? else {
+        return Ok(Tally::default());
     };
     let client = Client::new(&sink.elasticsearch).map_err(|source| Error::Elastic {
         sink: sink.name.clone(),
@@ -201,7 +218,7 @@ pub async fn redrive(
     } else {
         // The index as the sink would make it (a sink re-created with new mappings).
         set_up_cluster(&client, &prepared, &shutdown).await?;
-        Some(DeadLetters::new(&config, &sink)?)
+        Some(DeadLetters::new(config, &sink)?)
     };
     let writer = Writer {
         bulk: client,
@@ -222,7 +239,7 @@ pub async fn redrive(
         if batch.is_empty() {
             break;
         }
-        let round = drive(&prepared, &writer, &batch, &options.filter, dry_run).await?;
+        let round = drive(&prepared, &writer, &batch, filter, dry_run).await?;
         if let Some(dead_letters) = &dead_letters {
             let outgoing: Vec<(&Original, &DeadLetter)> =
                 round.to_write.iter().map(|(o, l)| (o, l)).collect();
@@ -239,8 +256,7 @@ pub async fn redrive(
             );
         }
     }
-    print(&tally, &sink.name, &topic, dry_run, options.json);
-    Ok(tally.failed.total == 0)
+    Ok(tally)
 }
 
 fn print(tally: &Tally, sink: &str, topic: &str, dry_run: bool, json: bool) {

@@ -94,7 +94,7 @@ async fn letters_are_indexed_found_stale_failed_again_or_kept() {
     ];
     let filter = Filter {
         reason: Some("mapping".to_owned()),
-        since: None,
+        ..Filter::default()
     };
     let round = drive(&prepared(), &writer, &batch, &filter, false)
         .await
