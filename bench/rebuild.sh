@@ -71,11 +71,14 @@ db_sql "CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, qty int N
         ANALYZE items;"
 # `rate` single-row updates per second of random rows, for `seconds`.
 db_sql "CREATE PROCEDURE bench_write(rate int, seconds int, n bigint) LANGUAGE plpgsql AS \$\$
-DECLARE t0 timestamptz := clock_timestamp();
+DECLARE t0 timestamptz := clock_timestamp(); target bigint;
 BEGIN
   FOR tick IN 0..seconds * 10 - 1 LOOP
     FOR k IN 1..rate / 10 LOOP
-      UPDATE items SET qty = qty + 1, note = 'w' || tick WHERE id = 1 + floor(random() * n)::bigint;
+      -- The key first: random() in the WHERE clause is volatile, evaluated per row, and would
+      -- turn every update into a scan of the whole table.
+      target := 1 + floor(random() * n)::bigint;
+      UPDATE items SET qty = qty + 1, note = 'w' || tick WHERE id = target;
       COMMIT;
     END LOOP;
     PERFORM pg_sleep(greatest(0, extract(epoch FROM
@@ -188,3 +191,5 @@ echo "rebuild: fill ${FILL_S}s ($REBUILD_RATE events/s), swap at ${SWAP_S}s (blo
 echo "ratio:   rebuild / consumer drain = $RATIO"
 echo "latency: commit → visible through the alias at $WRITE_RATE writes/s: p99 $(field p99 "$BASE_PROBE") s without a rebuild ($BASE_PROBE), p99 $(field p99 "$REBUILD_PROBE") s during it ($REBUILD_PROBE)"
 echo "counts:  alias $ALIAS_COUNT, $SINK-v2 $V2_COUNT"
+echo "the rebuild's stderr, seconds from its start:"
+awk -v t0="$t0" '{ t = $1; sub(/^[^ ]+ /, ""); printf "  %7.2f  %s\n", t - t0, $0 }' "$WORK/rebuild.err"
