@@ -44,7 +44,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// A pause in the messages this long sends the open batch. While a backlog is read, messages
 /// follow each other within microseconds; a transaction's events reach the consumer together.
-pub const IDLE_GAP: Duration = Duration::from_millis(2);
+const IDLE_GAP: Duration = Duration::from_millis(2);
 
 /// A message copied out of the client's buffer (borrowed messages must not outlive the
 /// consumer, and must not be held across awaits).
