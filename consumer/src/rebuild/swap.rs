@@ -289,7 +289,7 @@ impl Rebuild {
     }
 }
 
-/// Progress on stderr: documents, lag per partition, rate and ETA.
+/// Progress on stderr: events applied, lag per partition, rate and ETA.
 pub(super) struct Progress {
     started: Instant,
     last: Option<Instant>,
