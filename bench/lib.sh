@@ -2,7 +2,8 @@
 # Shared helpers of the bench/ scripts. Sourced, never run.
 #
 # The machine these run on is shared: other cargo builds and test runs distort every timing.
-# wait_quiet waits (up to BENCH_QUIET_TIMEOUT seconds, default 600) until no test binary
+# wait_quiet takes a lock shared by all bench scripts (bench_lock), then waits (up to
+# BENCH_QUIET_TIMEOUT seconds, default 600) until no test binary
 # (target/debug/deps/…) and no rustc is running; watch_start/watch_stop record whether one
 # appeared during a measurement, so every result says whether it was disturbed.
 
@@ -41,8 +42,25 @@ busy() {
   return 1
 }
 
-# wait_quiet: waits until busy is false (polling every 3 s).
+# bench_lock: takes /var/tmp/sluice-bench.lock (BENCH_LOCK) for the rest of the script, so two
+# bench scripts never measure at the same time; the second waits for the first to exit. Taken
+# once per script, by the first wait_quiet.
+BENCH_LOCKED=''
+bench_lock() {
+  [ -n "$BENCH_LOCKED" ] && return 0
+  local lock=${BENCH_LOCK:-/var/tmp/sluice-bench.lock} start=$SECONDS
+  exec 9>>"$lock"
+  if ! flock -n 9; then
+    log "waiting for another bench script to finish (it holds $lock)"
+    flock 9
+    log "waited $((SECONDS - start))s for the other bench script"
+  fi
+  BENCH_LOCKED=yes
+}
+
+# wait_quiet: takes the bench lock, then waits until busy is false (polling every 3 s).
 wait_quiet() {
+  bench_lock
   local timeout=${BENCH_QUIET_TIMEOUT:-600} start=$SECONDS
   while busy; do
     if [ $((SECONDS - start)) -ge "$timeout" ]; then
