@@ -87,6 +87,10 @@ struct RebuildArgs {
     /// Longest the old index stays write-blocked while the rebuild reads its last events.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     max_block: std::time::Duration,
+    /// Documents per bulk request while filling the new index (1 to 10,000; default: the
+    /// sink's `batch_size` or 2,000, whichever is larger).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    batch_size: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +224,7 @@ fn main() -> ExitCode {
                     dry_run: args.dry_run,
                     abort: args.abort,
                     max_block: args.max_block,
+                    batch_size: args.batch_size.map(usize::from),
                 };
                 sluice_consumer::rebuild(config, options, shutdown::on_signals())
                     .await

@@ -226,7 +226,8 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
     let cluster = Cluster::Elasticsearch;
     let context = TestContext::new("rebuild_kill").await.unwrap();
     let rows = 20_000;
-    // Small batches, one at a time: the rebuild takes long enough to be killed halfway.
+    // Small batches, one at a time (the fill's own 2,000 overridden): the rebuild takes long
+    // enough to be killed halfway.
     let (pipeline, config, sink) = items_pipeline(&context, cluster, rows, |sink| {
         sink.batch_size(100).max_in_flight_requests(1)
     })
@@ -235,7 +236,7 @@ async fn a_killed_rebuild_resumes_and_never_serves_a_partial_index() {
     let group = format!("{sink}.rebuild-v2");
     let topic = context.topic("public.items");
 
-    let args = rebuild_args(&sink, &[]);
+    let args = rebuild_args(&sink, &["--batch-size", "100"]);
     let mut first = Process::command("sluice-consumer", &config, &args, "first.log").unwrap();
     let v2 = context.index("items-v2");
     eventually(
@@ -354,6 +355,10 @@ async fn abort_dry_run_and_bad_input() {
         "{output}"
     );
     assert!(output.contains("nothing was changed"), "{output}");
+    assert!(
+        output.contains("2000 documents per bulk request"),
+        "the fill's default batch size: {output}"
+    );
     let (status, _) = get(&context, cluster, &context.index("items-v2")).await;
     assert_eq!(status, 404, "a dry run creates nothing");
 
@@ -389,6 +394,7 @@ async fn abort_dry_run_and_bad_input() {
     for (n, (extra, expect)) in [
         (vec!["--mappings", "/nonexistent/m.json"], "--mappings"),
         (vec!["--keep-old", "x"], "--keep-old"),
+        (vec!["--batch-size", "0"], "--batch-size"),
         (vec!["--dry-run", "--abort"], "--abort"),
     ]
     .into_iter()

@@ -71,6 +71,8 @@ pub struct Options {
     pub abort: bool,
     /// Longest the old index stays write-blocked waiting for the rebuild to reach the marks.
     pub max_block: Duration,
+    /// Documents per bulk request of the fill, instead of [`plan::fill_batch_size`]'s default.
+    pub batch_size: Option<usize>,
 }
 
 /// Everything about the sink the rebuild needs, checked before connecting.
@@ -342,6 +344,8 @@ impl Rebuild {
         config.dlq_topic = Some(config.dlq_topic());
         config.name = group.to_owned();
         config.elasticsearch.index = target.to_owned();
+        config.elasticsearch.batch_size =
+            plan::fill_batch_size(config.elasticsearch.batch_size, self.options.batch_size);
         let template = IndexTemplate::parse(target)
             .map_err(|message| Error::Config(vec![Problem::new("<target index>", message, "")]))?;
         Ok(Prepared {

@@ -239,6 +239,18 @@ pub fn fill_settings(settings: Option<&Value>) -> (Value, Value) {
     (Value::Object(settings), restore)
 }
 
+/// Fewest documents per bulk request of the fill, unless `--batch-size` says otherwise. The
+/// fill is a bulk load into an index nothing searches yet: larger requests cost the cluster
+/// less per document (2,000 × 4 in flight indexed about 40% faster than 500 × 4 here), and
+/// its latency does not matter.
+const FILL_BATCH_SIZE: usize = 2_000;
+
+/// The fill's documents per bulk request: `--batch-size`, or the sink's and [`FILL_BATCH_SIZE`],
+/// whichever is larger.
+pub fn fill_batch_size(sink: usize, flag: Option<usize>) -> usize {
+    flag.unwrap_or(sink.max(FILL_BATCH_SIZE))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -246,6 +258,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_fill_sends_at_least_two_thousand_documents_per_request_unless_told() {
+        assert_eq!(fill_batch_size(500, None), 2_000);
+        assert_eq!(fill_batch_size(5_000, None), 5_000);
+        assert_eq!(fill_batch_size(5_000, Some(100)), 100);
+    }
 
     #[test]
     fn a_new_index_is_filled_without_refreshes_and_gets_the_configured_interval_back() {

@@ -69,7 +69,8 @@ impl Rebuild {
         let _ = writeln!(
             out,
             "  2. fill it from {} of {} ({} partitions, {} messages to read) with group \
-             {group}: the sink's actions, filter, transform and versions",
+             {group}: the sink's actions, filter, transform and versions, {} documents per bulk \
+             request",
             if positions.values().any(|p| p.committed.is_some()) {
                 "the committed offsets"
             } else {
@@ -78,6 +79,10 @@ impl Rebuild {
             self.topic,
             positions.len(),
             behind.values().sum::<i64>(),
+            plan::fill_batch_size(
+                self.prepared.config.elasticsearch.batch_size,
+                self.options.batch_size
+            ),
         );
         let _ = writeln!(
             out,
