@@ -390,6 +390,15 @@ scraper() {
   done
 }
 
+# bulk_requests LOG: how many bulk requests the consumer logging to LOG has sent so far (from
+# its /metrics; empty if it does not answer).
+bulk_requests() {
+  local addr
+  addr=$(grep -o 'addr=[0-9.:]*' "$1" 2>/dev/null | head -n 1 | cut -d= -f2 || true)
+  [ -n "$addr" ] || return 0
+  curl -s "http://$addr/metrics" | awk '$1 ~ /^sluice_consumer_bulk_duration_seconds_count/ { n += $2 } END { if (NR) printf "%d", n }'
+}
+
 # first_seen FILE PATTERN OUT: writes the time PATTERN first appears in FILE into OUT (waits up
 # to 120 s).
 first_seen() {
@@ -429,6 +438,8 @@ for spec in "${SPECS[@]}"; do
   c_cpu=$(cpu_seconds "$CONSUMER_PID")
   e1=$(cluster_cpu) k1=$(kafka_cpu)
   dist=$(watch_stop)
+  # Bulk requests the drain took (the count of the bulk-duration summary), read before the stop.
+  requests=$(bulk_requests "$WORK/consumer-$sink.log")
   stop_pid "$CONSUMER_PID"
   wait "$TIMED_PID" 2>/dev/null || log "the consumer exited with status $? after SIGTERM"
   kill "$seen_pid" 2>/dev/null || true
@@ -444,7 +455,7 @@ for spec in "${SPECS[@]}"; do
   rate=$(calc "$N / $wall" 0)
   IFS=: read -r _ b f g <<<"$spec"
   RESULTS+=("| sluice-consumer \`$sink\` | ${b:-500} | ${f:-4} | ${g:-true} | $wall | $rate | **$(calc "$rate / $L" 2)** | $(calc "$rss / 1024" 1) | $(calc "$user + $sys" 1) | $(calc "${e1:-0} - ${e0:-0}" 1) | $(calc "${k1:-0} - ${k0:-0}" 1) | $dist |")
-  DETAILS+=("sink $sink: partitions assigned after ${assigned}s; consumer CPU at the end ${c_cpu}s (user ${user}s, sys ${sys}s over its life); index count $counted; $(grep -c 'WARN' "$WORK/consumer-$sink.log" || true) warnings in its log")
+  DETAILS+=("sink $sink: $requests bulk requests ($(if [ "${requests:-0}" -gt 0 ] 2>/dev/null; then calc "$N / $requests" 0; else echo '?'; fi) documents each on average); partitions assigned after ${assigned}s; consumer CPU at the end ${c_cpu}s (user ${user}s, sys ${sys}s over its life); index count $counted; $(grep -c 'WARN' "$WORK/consumer-$sink.log" || true) warnings in its log")
   es DELETE "$IDX-$sink-v1" >/dev/null || log "could not delete index $IDX-$sink-v1"
   log "sink $sink: ${wall}s, $rate documents/s, peak RSS $(calc "$rss / 1024" 1) MB"
 done

@@ -23,7 +23,9 @@
 # Builds the producer with `cargo build --release -p sluice-producer` (not timed).
 # Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
 # plain TCP), BENCH_TIMEOUT (seconds, default 3600), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
-# BENCH_LOG_DIR (keep the producer log and time -v report there).
+# BENCH_LOG_DIR (keep the producer log and time -v report there), BENCH_PERF (a file: record a
+# `perf record -g` profile of the producer during the backfill there; the run is then not a clean
+# measurement).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -152,6 +154,11 @@ done
   cat "$WORK/producer.log" >&2
   die "the producer did not start"
 }
+PERF_PID=''
+if [ -n "${BENCH_PERF:-}" ]; then
+  perf record -q -F 499 -g -o "$BENCH_PERF" -p "$PRODUCER_PID" 2>"$WORK/perf.err" &
+  PERF_PID=$!
+fi
 # The producer creates the control table at setup; \watch stops at the first error.
 until [ "$("$PSQL" -X -At "$db_url" -c "SELECT to_regclass('sluice.backfills') IS NOT NULL" 2>/dev/null)" = t ]; do
   kill -0 "$PRODUCER_PID" 2>/dev/null || break
@@ -169,6 +176,11 @@ while read -r state; do
 done < <(printf '%s\n' "SELECT coalesce((SELECT state FROM sluice.backfills LIMIT 1), '')" '\watch 0.2' |
   "$PSQL" -X -At "$db_url" 2>/dev/null)
 s_dist=$(watch_stop)
+if [ -n "$PERF_PID" ]; then
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  log "profile of the producer during the backfill: perf report -i $BENCH_PERF"
+fi
 if [ -z "$t1" ]; then
   tail -n 30 "$WORK/producer.log" >&2
   die "the backfill did not finish (the producer exited or ${TIMEOUT}s passed)"
