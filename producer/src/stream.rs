@@ -209,7 +209,7 @@ impl StreamState {
                 lsn: 0,
                 index: tx.index,
             };
-            let out = encode::read(&relation, at, row.key, row.values);
+            let out = encode::read(&relation, at, row.key, &row.values);
             self.checkpoint
                 .wait_below(self.config.producer.max_in_flight_messages)
                 .await;

@@ -18,6 +18,10 @@ use sluice_proto::{Message as _, SCHEMA_VERSION, key};
 
 use crate::pgoutput::{Tuple, TupleValue, TypeKind, parse_text};
 
+mod wire;
+
+pub use self::wire::read_event_bytes;
+
 /// A column as the current Relation message describes it, with its type resolved.
 #[derive(Debug, Clone)]
 pub struct ColumnInfo {
@@ -309,10 +313,10 @@ pub fn delete(
 
 /// A row read by a backfill, `values` in column order, `key` its encoded Kafka key. It carries
 /// the position of its chunk's high watermark (commit LSN and time); `lsn` and `xid` are 0.
-pub fn read(rel: &RelationInfo, at: At<'_>, key: Vec<u8>, values: Vec<Value>) -> Outgoing {
+pub fn read(rel: &RelationInfo, at: At<'_>, key: Vec<u8>, values: &[Value]) -> Outgoing {
     Outgoing {
         key,
-        value: Some(read_event(rel, at, values).encode_to_vec()),
+        value: Some(read_event_bytes(rel, at, values)),
         partition: None,
     }
 }
@@ -558,6 +562,81 @@ mod tests {
         );
     }
 
+    /// The READ event written straight into bytes is byte for byte what prost makes of the
+    /// event built the long way, for every kind of value, defaults (zero, empty) included.
+    #[test]
+    fn a_read_written_directly_is_the_bytes_prost_makes() {
+        use sluice_proto::v1::ArrayValue;
+        let kinds = [
+            Value::null(),
+            Value::default(),
+            Kind::Bool(true).into(),
+            Kind::Bool(false).into(),
+            Kind::Int(-1).into(),
+            Kind::Int(i64::MAX).into(),
+            Kind::Double(-0.0).into(),
+            Kind::Double(f64::NAN).into(),
+            Kind::Numeric("12.50".into()).into(),
+            Kind::Text(String::new()).into(),
+            Kind::Text("é".repeat(200)).into(),
+            Kind::Bytes(vec![0, 255]).into(),
+            Kind::Timestamptz("2026-12-01T17:00:00.123456Z".into()).into(),
+            Kind::Json("{\"a\":[1]}".into()).into(),
+            Kind::Array(ArrayValue {
+                elements: vec![Kind::Int(1).into(), Value::null()],
+            })
+            .into(),
+            Kind::Unknown("(1,2)".into()).into(),
+        ];
+        let mut relation = rel();
+        relation.columns = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, _)| ColumnInfo {
+                name: if i == 3 {
+                    String::new()
+                } else {
+                    format!("c{i}")
+                },
+                type_name: if i == 5 { String::new() } else { "t".repeat(i) },
+                kind: TypeKind::Unknown,
+            })
+            .collect();
+        for (key, schema, table, database) in [
+            (vec![0], "public", "t", "db"),
+            (vec![4, 2], "", "", ""),
+            (vec![], "s", "x".repeat(300).leak() as &str, "d"),
+        ] {
+            relation.key = key;
+            relation.schema = schema.into();
+            relation.table = table.into();
+            for (commit_lsn, commit_time_micros, index) in
+                [(0, 0, 0), (1000, -1, 7), (u64::MAX, i64::MIN, u32::MAX)]
+            {
+                let tx = TxInfo {
+                    database: database.into(),
+                    commit_lsn,
+                    xid: 9,
+                    commit_time_micros,
+                };
+                let at = At {
+                    tx: &tx,
+                    lsn: 5,
+                    index,
+                };
+                for values in [&kinds[..], &kinds[..3], &[]] {
+                    assert_eq!(
+                        read_event_bytes(&relation, at, values),
+                        read_event(&relation, at, values.to_vec()).encode_to_vec(),
+                        "key {:?}, {} values, commit {commit_lsn}",
+                        relation.key,
+                        values.len()
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_backfilled_row_is_a_read_at_its_watermark_with_the_live_key() {
         let tx = tx();
@@ -577,7 +656,7 @@ mod tests {
             parse_text(&TypeKind::Text, "widget"),
             Value::null(),
         ];
-        let out = read(&rel(), at, live[0].key.clone(), values);
+        let out = read(&rel(), at, live[0].key.clone(), &values);
         let event = decode(&out);
         assert_eq!(event.op(), Op::Read);
         let position = event.position.unwrap();
