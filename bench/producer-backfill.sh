@@ -21,7 +21,7 @@
 # Needs Postgres and Kafka from deploy/local (`eval "$(deploy/local/up.sh postgres kafka)"`);
 # their SLUICE_TEST_* variables are read from the environment or from the running services.
 # Builds the producer with `cargo build --release -p sluice-producer` (not timed).
-# Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
+# Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_COMPRESSION (`kafka.compression`, default lz4 as the config's), BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
 # plain TCP), BENCH_TIMEOUT (seconds, default 3600), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
 # BENCH_LOG_DIR (keep the producer log and time -v report there), BENCH_PERF (a file: record a
 # `perf record -g` profile of the producer during the backfill there; the run is then not a clean
@@ -32,6 +32,7 @@ set -euo pipefail
 
 N=${BENCH_ROWS:-5000000}
 CHUNK=${BENCH_CHUNK:-10000}
+COMPRESSION=${BENCH_COMPRESSION:-lz4}
 SSLMODE=${BENCH_SSLMODE:-verify-ca}
 TIMEOUT=${BENCH_TIMEOUT:-3600}
 SLUICE_CACHE_DIR=${SLUICE_CACHE_DIR:-/var/cache/sluice}
@@ -131,6 +132,7 @@ kafka:
   brokers: $BROKERS
   topic_prefix: $id
   partitions: 6
+  compression: $COMPRESSION
 tables:
   - name: public.rows
     backfill: true
@@ -208,7 +210,7 @@ fi
 echo
 machine_info
 echo "source:  $SOURCE_STATE"
-echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; chunks of $CHUNK rows"
+echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; chunks of $CHUNK rows; compression $COMPRESSION"
 echo
 echo "| reader | wall (s) | rows/s | ÷ COPY | CPU s (user+sys) | peak RSS (MB) | other builds/tests running |"
 echo "|---|---:|---:|---:|---:|---:|---|"
