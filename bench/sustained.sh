@@ -17,10 +17,10 @@
 #      of BENCH_TX_SIZE (default 10) changes: BENCH_UPDATES (default 5) of them one UPDATE of
 #      random preloaded rows (quantity + 1 and a new name; writer w of n updates only ids ≡ w mod
 #      n, so writers never wait on each other's row locks), the rest one INSERT of new rows. Each
-#      loop paces itself to R ÷ n changes/s from its own start (it sleeps when ahead, never makes up
-#      more than it fell behind) and counts its changes in `bench_progress` every 100 ms. The
-#      achieved rate is changes committed ÷ the wall time from the first writer's start to the
-#      last one's end;
+#      loop paces itself to R ÷ n changes/s from its own start (it sleeps when ahead of that
+#      schedule; behind it, it commits without sleeping until it is back on it) and counts its
+#      changes in `bench_progress` every 100 ms. The achieved rate is changes committed ÷ the
+#      wall time from the first writer's start to the last one's end;
 #   4. every BENCH_SAMPLE_INTERVAL (default 5) seconds, from the warm-up to the end: the writers'
 #      committed changes, the slot's lag (current WAL − confirmed_flush_lsn), the topic's end
 #      offsets and the group's committed offsets (from `sluice-consumer status`, which asks Kafka),
