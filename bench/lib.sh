@@ -189,3 +189,52 @@ local_services() {
       curl -sS -K - -X "$1" -H 'Content-Type: application/json' "$ENDPOINT/$2" ${3:+--data-binary "$3"}
   }
 }
+
+# items_sql: the table of bench/consumer-drain.sh, `items(id bigint primary key, name, email,
+# amount numeric(12,2), quantity int, active bool, created_at timestamptz, note text)` (note: 384
+# hex characters; about 480 bytes a row), and `bench_rows(lo, hi)`, its rows for ids lo..hi.
+items_sql() {
+  cat <<'SQL'
+CREATE TABLE items (
+  id bigint PRIMARY KEY,
+  name text NOT NULL,
+  email text NOT NULL,
+  amount numeric(12, 2) NOT NULL,
+  quantity integer NOT NULL,
+  active boolean NOT NULL,
+  created_at timestamptz NOT NULL,
+  note text NOT NULL
+);
+CREATE FUNCTION bench_rows(lo bigint, hi bigint) RETURNS SETOF items LANGUAGE sql AS $$
+  SELECT g, 'customer ' || g, 'user' || g || '@example.com', (g % 1000000) / 100.0, (g % 50)::int,
+    g % 3 <> 0, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
+    md5(g || 'a') || md5(g || 'b') || md5(g || 'c') || md5(g || 'd') || md5(g || 'e') || md5(g || 'f')
+      || md5(g || 'g') || md5(g || 'h') || md5(g || 'i') || md5(g || 'j') || md5(g || 'k') || md5(g || 'l')
+  FROM generate_series(lo, hi) AS g
+$$;
+SQL
+}
+
+# pipeline_yaml DB NAME [SINK]: a config streaming public.items of database DB, with NAME as slot,
+# publication and topic prefix, and the sink SINK (index SINK on $ENDPOINT, with the API key from
+# $SLUICE_BENCH_API_KEY when API_KEY is set); every other setting is the default. After
+# local_services.
+pipeline_yaml() {
+  cat <<YAML
+postgres:
+  url: $PG_BASE/$1?sslmode=verify-ca
+  ca_file: $SLUICE_TEST_PG_CA
+  slot: $2
+  publication: $2
+kafka:
+  brokers: $BROKERS
+  topic_prefix: $2
+tables:
+  - name: public.items
+YAML
+  [ -n "${3:-}" ] || return 0
+  printf 'sinks:\n  - name: %s\n    table: public.items\n    elasticsearch:\n      endpoint: %s\n      index: %s\n' \
+    "$3" "$ENDPOINT" "$3"
+  # shellcheck disable=SC2016 # the config expands it
+  if [ -n "$API_KEY" ]; then echo '      auth: { type: api_key, value: "${SLUICE_BENCH_API_KEY}" }'; fi
+}
