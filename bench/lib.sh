@@ -44,7 +44,9 @@ busy() {
 
 # bench_lock: takes /var/tmp/sluice-bench.lock (BENCH_LOCK) for the rest of the script, so two
 # bench scripts never measure at the same time; the second waits for the first to exit. Taken
-# once per script, by the first wait_quiet.
+# once per script, by the first wait_quiet. Every process the script starts inherits the lock's
+# descriptor (9): one left running after the script exits keeps the lock, so the watcher below
+# closes it, and each script's EXIT trap stops what it started.
 BENCH_LOCKED=''
 bench_lock() {
   [ -n "$BENCH_LOCKED" ] && return 0
@@ -81,7 +83,7 @@ watch_start() {
       if busy; then echo x >>"$WATCH_FILE"; fi
       sleep 2
     done
-  ) </dev/null >/dev/null 2>&1 &
+  ) </dev/null >/dev/null 2>&1 9>&- &
   WATCH_PID=$!
 }
 watch_stop() {
