@@ -45,6 +45,7 @@ count_of() { es GET "$1/_count" | sed -n 's/.*"count":\([0-9]*\).*/\1/p'; }
 
 PIDS=()
 cleanup() {
+  watch_abort
   local pid
   touch "$WORK/probe.stop" 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
