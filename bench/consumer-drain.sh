@@ -174,24 +174,8 @@ CLUSTER_VERSION=$(es GET "_nodes/_local?filter_path=nodes.*.version" | jq -r '.n
 log "database $DB, slot $SLOT, topic $TOPIC, indices $IDX-*"
 admin_sql "CREATE DATABASE $DB"
 CLEAN_DB=$DB
+items_sql | db_sql >/dev/null
 db_sql >/dev/null <<'SQL'
-CREATE TABLE items (
-  id bigint PRIMARY KEY,
-  name text NOT NULL,
-  email text NOT NULL,
-  amount numeric(12, 2) NOT NULL,
-  quantity integer NOT NULL,
-  active boolean NOT NULL,
-  created_at timestamptz NOT NULL,
-  note text NOT NULL
-);
-CREATE FUNCTION bench_rows(lo bigint, hi bigint) RETURNS SETOF items LANGUAGE sql AS $$
-  SELECT g, 'customer ' || g, 'user' || g || '@example.com', (g % 1000000) / 100.0, (g % 50)::int,
-    g % 3 <> 0, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
-    md5(g || 'a') || md5(g || 'b') || md5(g || 'c') || md5(g || 'd') || md5(g || 'e') || md5(g || 'f')
-      || md5(g || 'g') || md5(g || 'h') || md5(g || 'i') || md5(g || 'j') || md5(g || 'k') || md5(g || 'l')
-  FROM generate_series(lo, hi) AS g
-$$;
 -- n rows from id 1, in transactions of `chunk` rows.
 CREATE PROCEDURE bench_fill(n bigint, chunk bigint) LANGUAGE plpgsql AS $$
 BEGIN
