@@ -106,6 +106,7 @@ impl SocketSource {
                             target,
                             connection: started.connection,
                             input: started.pending,
+                            scratch: vec![0; READ_SIZE].into_boxed_slice(),
                             shared: thread_shared,
                             batches: batch_tx,
                             status_interval: settings.status_interval,
@@ -184,6 +185,8 @@ struct Reader {
     connection: Connection,
     /// Plaintext read but not yet framed into messages.
     input: BytesMut,
+    /// Where a read puts the plaintext (allocated and zeroed once).
+    scratch: Box<[u8]>,
     shared: Arc<Shared>,
     batches: mpsc::Sender<Batch>,
     status_interval: Duration,
@@ -246,11 +249,9 @@ impl Reader {
 
     /// Reads what the connection has (blocking until something or the read timeout).
     fn read(&mut self) -> io::Result<usize> {
-        let start = self.input.len();
-        self.input.resize(start + READ_SIZE, 0);
-        let read = self.connection.read(&mut self.input[start..]);
-        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-        read
+        let n = self.connection.read(&mut self.scratch)?;
+        self.input.extend_from_slice(&self.scratch[..n]);
+        Ok(n)
     }
 
     /// Turns every complete message in `input` into events (and answers keepalives).
