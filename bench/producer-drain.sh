@@ -21,7 +21,9 @@
 #   5. the topic's high watermarks are summed (they must add up to BENCH_ROWS), then the slots,
 #      the database and the topic are dropped (also when the run fails).
 # Besides the two clients, it samples the CPU time of each one's walsender (the Postgres backend
-# that decodes the WAL, from /proc/<active_pid>/stat) and of the Kafka broker.
+# that decodes the WAL, from /proc/<active_pid>/stat) and its context switches (voluntary: it
+# waited, e.g. for a full socket; involuntary: it was preempted, e.g. by a reader it woke; from
+# /proc/<active_pid>/status), and the CPU time of the Kafka broker.
 #
 #   bench/producer-drain.sh               # BENCH_RUNS (default 2) runs, a table at the end
 #
@@ -124,12 +126,20 @@ walsender_sampler() {
     if [ "$pid" != 0 ]; then
       seen=1
       cpu_seconds "$pid" >"$out.tmp" && [ -s "$out.tmp" ] && mv -f "$out.tmp" "$out"
+      context_switches "$pid" >"$out.cs.tmp" && [ -s "$out.cs.tmp" ] && mv -f "$out.cs.tmp" "$out.cs"
     elif [ -n "$seen" ] || [ -e "$out.stop" ]; then
       break
     fi
     [ -e "$out.stop" ] && break
   done < <(printf '%s\n' "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = '$slot'" \
     '\watch 0.2' | "$PSQL" -X -At "$ADMIN_URL")
+}
+
+# context_switches PID: "VOLUNTARY/INVOLUNTARY" context switches of the process so far (empty if
+# it is gone).
+context_switches() {
+  awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 }
+    END { if (v != "") print v "/" n }' "/proc/$1/status" 2>/dev/null || true
 }
 
 kafka_cpu() {
@@ -182,10 +192,10 @@ SQL
   log "run $i: written in ${fill_s}s, ${wal_mb} MB of WAL, target LSN $target"
 
   # (a) pg_recvlogical
-  local r_wall r_user r_sys r_rss r_ws r_dist k0 k1 r_kafka
+  local r_wall r_user r_sys r_rss r_ws r_wcs r_dist k0 k1 r_kafka
   wait_quiet
   log "run $i: pg_recvlogical up to $target"
-  rm -f "$WORK/ws-recv" "$WORK/ws-recv.stop"
+  rm -f "$WORK/ws-recv" "$WORK/ws-recv.cs" "$WORK/ws-recv.stop"
   walsender_sampler "$slot_r" "$WORK/ws-recv" </dev/null >/dev/null 2>&1 &
   SAMPLER_PID=$!
   watch_start
@@ -206,10 +216,11 @@ SQL
   r_sys=$(time_field "$WORK/recv.time" 'System time (seconds)')
   r_rss=$(time_field "$WORK/recv.time" 'Maximum resident set size (kbytes)')
   r_ws=$(cat "$WORK/ws-recv" 2>/dev/null || echo '?')
+  r_wcs=$(cat "$WORK/ws-recv.cs" 2>/dev/null || echo '?')
   log "run $i: pg_recvlogical ${r_wall}s"
 
   # (b) sluice-producer
-  local s_wall s_user s_sys s_rss s_ws s_dist s_started s_cpu_at_target ok pid timed
+  local s_wall s_user s_sys s_rss s_ws s_wcs s_dist s_started s_cpu_at_target ok pid timed
   cat >"$WORK/sluice.yaml" <<YAML
 postgres:
   url: $PG_BASE/$db?sslmode=$SSLMODE
@@ -242,12 +253,14 @@ YAML
     cat "$WORK/producer-$i.log" >&2
     die "the producer did not start"
   fi
-  s_started='' t1='' s_ws='?'
+  s_started='' t1='' s_ws='?' s_wcs='?'
   while IFS='|' read -r ok pid; do
     if [ -z "$s_started" ] && grep -q 'streaming changes' "$WORK/producer-$i.log"; then s_started=$(now); fi
     if [ -n "$pid" ] && [ "$pid" != 0 ]; then
       s_ws=$(cpu_seconds "$pid")
       s_ws=${s_ws:-?}
+      s_wcs=$(context_switches "$pid")
+      s_wcs=${s_wcs:-?}
     fi
     if [ "$ok" = t ]; then
       t1=$(now)
@@ -289,8 +302,8 @@ YAML
   r_cs="$(time_field "$WORK/recv.time" 'Voluntary context switches')/$(time_field "$WORK/recv.time" 'Involuntary context switches')"
   s_cs="$(time_field "$WORK/sluice.time" 'Voluntary context switches')/$(time_field "$WORK/sluice.time" 'Involuntary context switches')"
   DETAILS+=("run $i: fill ${fill_s}s ($(calc "$N / $fill_s" 0) tx/s), WAL ${wal_mb} MB, target $target;" \
-    "  pg_recvlogical: user ${r_user}s, sys ${r_sys}s, context switches (voluntary/involuntary) $r_cs;" \
-    "  sluice: user ${s_user}s, sys ${s_sys}s (${s_cpu_at_target}s at the target), context switches $s_cs, streaming after $(if [ -n "$s_started" ]; then seconds_between "$t0" "$s_started" 2; else echo '?'; fi)s, topic: ${counted% *} partitions, $messages messages")
+    "  pg_recvlogical: user ${r_user}s, sys ${r_sys}s, context switches (voluntary/involuntary) $r_cs, its walsender's $r_wcs;" \
+    "  sluice: user ${s_user}s, sys ${s_sys}s (${s_cpu_at_target}s at the target), context switches $s_cs, its walsender's $s_wcs, streaming after $(if [ -n "$s_started" ]; then seconds_between "$t0" "$s_started" 2; else echo '?'; fi)s, topic: ${counted% *} partitions, $messages messages")
 
   if [ -n "${BENCH_LOG_DIR:-}" ]; then
     mkdir -p "$BENCH_LOG_DIR"

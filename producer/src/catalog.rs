@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pgwire_replication::{Lsn, ReplicationConfig, TlsConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -108,6 +107,11 @@ impl PgTarget {
         })
     }
 
+    /// The password from the URL (empty if none).
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+
     /// The URL without its password, for messages.
     pub fn redacted(&self) -> String {
         redact_url(&self.url)
@@ -150,40 +154,8 @@ impl PgTarget {
         Ok(client)
     }
 
-    /// Settings for the replication connection.
-    pub fn replication_config(
-        &self,
-        slot: &str,
-        publication: &str,
-        start: u64,
-    ) -> ReplicationConfig {
-        let tls = match self.sslmode {
-            SslMode::Disable => TlsConfig::disabled(),
-            SslMode::Prefer => TlsConfig {
-                mode: pgwire_replication::SslMode::Prefer,
-                ..TlsConfig::disabled()
-            },
-            SslMode::Require => TlsConfig::require(),
-            SslMode::VerifyCa => TlsConfig::verify_ca(self.ca_file.clone()),
-            SslMode::VerifyFull => TlsConfig::verify_full(self.ca_file.clone()),
-        };
-        ReplicationConfig::new(
-            &self.host,
-            &self.user,
-            &self.password,
-            &self.database,
-            slot,
-            publication,
-        )
-        .with_port(self.port)
-        .with_tls(tls)
-        .with_start_lsn(Lsn(start))
-        .with_ack_lsn(Lsn(start))
-        .with_options(SESSION_OPTIONS)
-        .with_application_name(APPLICATION_NAME)
-    }
-
-    fn rustls_config(&self) -> Result<rustls::ClientConfig, Error> {
+    /// The TLS settings `sslmode` asks for (also used by the replication connection).
+    pub(crate) fn rustls_config(&self) -> Result<rustls::ClientConfig, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

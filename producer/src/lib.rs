@@ -32,7 +32,7 @@ use crate::backfill::Backfills;
 use crate::catalog::PgTarget;
 use crate::checkpoint::Checkpoint;
 use crate::publish::Publisher;
-use crate::replication::{PgWireSource, StreamSettings, WalSource};
+use crate::replication::{SocketSource, StreamSettings, WalSource};
 use crate::stats::Stats;
 use crate::stream::{MESSAGE_PREFIX, StreamState};
 
@@ -196,7 +196,7 @@ async fn session(
         start_lsn: confirmed.max(state.checkpoint.confirmable()),
         status_interval: config.producer.status_interval.get(),
     };
-    let mut source = PgWireSource::start(target, &settings).await?;
+    let mut source = SocketSource::start(target, &settings).await?;
     tracing::info!(slot = %settings.slot, from = %stats::format_lsn(settings.start_lsn), "streaming changes");
     health.set_ready();
 
