@@ -43,25 +43,20 @@ pub fn read_event_bytes(rel: &RelationInfo, at: At<'_>, values: &[Value]) -> Vec
     let position_len = u64_field_len(at.tx.commit_lsn)
         + u64_field_len(at.tx.commit_time_micros as u64)
         + u64_field_len(u64::from(at.index));
-    let key_lens: Vec<usize> = rel
-        .key
-        .iter()
-        .map(|&i| column_len(rel, i, value_len(i)))
-        .collect();
-    let record_lens: Vec<usize> = (0..values.len())
-        .map(|i| column_len(rel, i, value_len(i)))
-        .collect();
+    // Column lengths are arithmetic on lengths already known: computed again when written
+    // rather than kept in vectors of their own.
+    let column_len = |i: usize| column_len(rel, i, value_len(i));
     let len = u64_field_len(u64::from(SCHEMA_VERSION))
         + u64_field_len(Op::Read as u64)
         + message_field_len(source_len)
         + message_field_len(position_len)
-        + key_lens
+        + rel
+            .key
             .iter()
-            .map(|&l| message_field_len(l))
+            .map(|&i| message_field_len(column_len(i)))
             .sum::<usize>()
-        + record_lens
-            .iter()
-            .map(|&l| message_field_len(l))
+        + (0..values.len())
+            .map(|i| message_field_len(column_len(i)))
             .sum::<usize>();
 
     let mut out = Vec::with_capacity(len);
@@ -80,24 +75,24 @@ pub fn read_event_bytes(rel: &RelationInfo, at: At<'_>, values: &[Value]) -> Vec
         at.tx.commit_time_micros as u64,
     );
     put_u64(&mut out, POSITION_INDEX, u64::from(at.index));
-    for (&i, &column_len) in rel.key.iter().zip(&key_lens) {
+    for &i in &rel.key {
         put_column(
             &mut out,
             EVENT_KEY,
             rel,
             i,
-            column_len,
+            column_len(i),
             value_at(i),
             value_len(i),
         );
     }
-    for (i, &column_len) in record_lens.iter().enumerate() {
+    for i in 0..values.len() {
         put_column(
             &mut out,
             EVENT_RECORD,
             rel,
             i,
-            column_len,
+            column_len(i),
             value_at(i),
             value_len(i),
         );

@@ -312,13 +312,7 @@ fn authenticate(
                 match code {
                     0 => {}
                     // Cleartext password.
-                    3 => {
-                        let mut secret = password.to_vec();
-                        secret.push(0);
-                        frontend::password_message(&secret, out)
-                            .map_err(|e| Error::Replication(e.to_string()))?;
-                        send(target, connection, out)?;
-                    }
+                    3 => send_password(target, connection, out, password.to_vec())?,
                     // MD5 with a 4-byte salt.
                     5 => {
                         let salt: [u8; 4] = data
@@ -332,11 +326,7 @@ fn authenticate(
                             password,
                             salt,
                         );
-                        let mut secret = hash.into_bytes();
-                        secret.push(0);
-                        frontend::password_message(&secret, out)
-                            .map_err(|e| Error::Replication(e.to_string()))?;
-                        send(target, connection, out)?;
+                        send_password(target, connection, out, hash.into_bytes())?;
                     }
                     // SASL: the mechanisms offered, NUL-separated.
                     10 => {
@@ -412,6 +402,23 @@ fn receive(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Sends a PasswordMessage carrying `secret` (cleartext or MD5 hash; NUL-terminated here).
+fn send_password(
+    target: &PgTarget,
+    connection: &mut Connection,
+    out: &mut BytesMut,
+    mut secret: Vec<u8>,
+) -> Result<(), Error> {
+    secret.push(0);
+    frontend::password_message(&secret, out).map_err(|e| {
+        Error::Replication(format!(
+            "cannot encode the password message for user {}: {e}",
+            target.user
+        ))
+    })?;
+    send(target, connection, out)
 }
 
 fn send(target: &PgTarget, connection: &mut Connection, out: &mut BytesMut) -> Result<(), Error> {
