@@ -32,7 +32,9 @@
 # Builds the producer with `cargo build --release -p sluice-producer` (not timed).
 # Knobs: BENCH_ROWS, BENCH_RUNS, BENCH_SSLMODE (both clients' sslmode, default verify-ca with the
 # test CA, i.e. TLS; `disable` for plain TCP; sluice refuses verify-full with an IP address), BENCH_DRAIN_TIMEOUT (seconds, default 1800),
-# BENCH_QUIET_TIMEOUT (see bench/lib.sh), BENCH_LOG_DIR (keep the producer logs and time -v
+# BENCH_QUIET_TIMEOUT (see bench/lib.sh), BENCH_MAX_IN_FLIGHT (the producer's
+# max_in_flight_messages, default its own default), BENCH_KAFKA_OPTIONS (a YAML map
+# for kafka.options, e.g. '{linger.ms: "20"}'), BENCH_LOG_DIR (keep the producer logs and time -v
 # reports there). The Kafka count and topic deletion use a few lines of
 # Java against the kafka-clients jar deploy/local/kafka.sh cached ($SLUICE_CACHE_DIR/kafka).
 set -euo pipefail
@@ -231,10 +233,12 @@ kafka:
   brokers: $BROKERS
   topic_prefix: $id
   partitions: 6
+$(if [ -n "${BENCH_KAFKA_OPTIONS:-}" ]; then echo "  options: $BENCH_KAFKA_OPTIONS"; fi)
 tables:
   - name: public.rows
 producer:
   status_interval: 1s
+$(if [ -n "${BENCH_MAX_IN_FLIGHT:-}" ]; then echo "  max_in_flight_messages: $BENCH_MAX_IN_FLIGHT"; fi)
 YAML
   CLEAN_TOPIC=$topic
   wait_quiet
