@@ -113,6 +113,28 @@ cpu_seconds() {
   awk -v tck="$CLK_TCK" '{ printf "%.2f", ($12 + $13) / tck }' <<<"${stat##*) }"
 }
 
+# postgres_cpu: CPU seconds (user+system) used so far by the local Postgres server: the
+# postmaster with every backend it has reaped (cutime/cstime) and every live one. The difference
+# of two readings is what the server spent in between, walsenders and ended backends included.
+postgres_cpu() {
+  local dir=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}/postgres/data master stat
+  master=$(head -n 1 "$dir/postmaster.pid" 2>/dev/null) || return 0
+  stat=$(cat "/proc/$master/stat" 2>/dev/null) || return 0
+  {
+    awk '{ print $12 + $13 + $14 + $15 }' <<<"${stat##*) }"
+    for child in $(pgrep -P "$master" || true); do
+      stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
+      awk '{ print $12 + $13 }' <<<"${stat##*) }"
+    done
+  } | awk -v tck="$CLK_TCK" '{ t += $1 } END { printf "%.2f", t / tck }'
+}
+
+# kafka_broker_cpu: CPU seconds used so far by the local Kafka broker (empty if not running).
+kafka_broker_cpu() {
+  local file=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}/kafka/kafka.pid
+  if [ -s "$file" ]; then cpu_seconds "$(cat "$file")"; fi
+}
+
 # time_field FILE NAME: one value from a `/usr/bin/time -v` report.
 time_field() { awk -F': ' -v k="$2" '{ sub(/^[ \t]+/, "", $1) } $1 == k { print $2 }' "$1"; }
 

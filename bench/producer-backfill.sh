@@ -15,6 +15,10 @@
 #      time between the producer's start and `done`; then SIGTERM and the peak RSS;
 #   4. the topic's messages are counted (they must be BENCH_ROWS), then the slot, the database
 #      and the topic are dropped (also when the run fails).
+# Around each timed step it also reads the CPU time of the whole Postgres server (postmaster,
+# live and ended backends: `postgres_cpu` in lib.sh) and of the Kafka broker, and reports how many
+# cores the reader, Postgres and Kafka kept busy together: near 2 on this machine means the run
+# was bound by CPU, not by waiting.
 #
 #   bench/producer-backfill.sh
 #
@@ -114,9 +118,11 @@ copy_sql="COPY (SELECT id, payload FROM rows ORDER BY id) TO STDOUT (FORMAT bina
 wait_quiet
 log "COPY (FORMAT binary) to /dev/null"
 watch_start
+c_pg0=$(postgres_cpu)
 t0=$(now)
 "$PSQL" -X -q "$db_url" -c "$copy_sql" >/dev/null
 t1=$(now)
+c_pg1=$(postgres_cpu)
 c_dist=$(watch_stop)
 c_wall=$(seconds_between "$t0" "$t1" 2)
 log "COPY: ${c_wall}s"
@@ -144,6 +150,7 @@ CLEAN_SLOT=$slot CLEAN_TOPIC=$topic
 wait_quiet
 log "sluice-producer: backfill of $N rows, chunks of $CHUNK"
 watch_start
+s_pg0=$(postgres_cpu) s_kafka0=$(kafka_broker_cpu)
 t0=$(now)
 /usr/bin/time -v -o "$WORK/sluice.time" "$PRODUCER" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run \
   2>"$WORK/producer.log" &
@@ -171,6 +178,7 @@ while read -r state; do
   if [ -z "$s_started" ] && [ -n "$state" ]; then s_started=$(now); fi
   if [ "$state" = "done" ]; then
     t1=$(now)
+    s_pg1=$(postgres_cpu) s_kafka1=$(kafka_broker_cpu)
     break
   fi
   if ! kill -0 "$PRODUCER_PID" 2>/dev/null; then break; fi
@@ -212,10 +220,13 @@ machine_info
 echo "source:  $SOURCE_STATE"
 echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; chunks of $CHUNK rows; compression $COMPRESSION"
 echo
-echo "| reader | wall (s) | rows/s | ÷ COPY | CPU s (user+sys) | peak RSS (MB) | other builds/tests running |"
-echo "|---|---:|---:|---:|---:|---:|---|"
-echo "| COPY (FORMAT binary) > /dev/null | $c_wall | $c_rate | | | | $c_dist |"
-echo "| sluice-producer backfill | $s_wall | $s_rate | $(calc "$s_rate / $c_rate" 2) | $(calc "$s_user + $s_sys" 1) | $(calc "$s_rss / 1024" 1) | $s_dist |"
+echo "| reader | wall (s) | rows/s | ÷ COPY | CPU s (user+sys) | peak RSS (MB) | Postgres CPU (s) | Kafka broker CPU (s) | cores busy (reader + Postgres + Kafka) | other builds/tests running |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+c_pg=$(calc "${c_pg1:-0} - ${c_pg0:-0}" 1)
+s_pg=$(calc "${s_pg1:-0} - ${s_pg0:-0}" 1)
+s_kafka=$(calc "${s_kafka1:-0} - ${s_kafka0:-0}" 1)
+echo "| COPY (FORMAT binary) > /dev/null | $c_wall | $c_rate | | | | $c_pg | | $(calc "$c_pg / $c_wall" 2) (psql not counted) | $c_dist |"
+echo "| sluice-producer backfill | $s_wall | $s_rate | $(calc "$s_rate / $c_rate" 2) | $(calc "$s_user + $s_sys" 1) | $(calc "$s_rss / 1024" 1) | $s_pg | $s_kafka | $(calc "($s_user + $s_sys + $s_pg + $s_kafka) / $s_wall" 2) | $s_dist |"
 echo
 echo "producer start to backfill done ${s_wall}s (started_at to finished_at in sluice.backfills: ${in_pg}s); topic: ${counted% *} partitions, $messages messages"
 echo "status just before the end:"
