@@ -122,6 +122,8 @@ c_pg0=$(postgres_cpu)
 t0=$(now)
 "$PSQL" -X -q "$db_url" -c "$copy_sql" >/dev/null
 t1=$(now)
+# The backend ends just after psql; once the postmaster has reaped it, its time is in there.
+sleep 1
 c_pg1=$(postgres_cpu)
 c_dist=$(watch_stop)
 c_wall=$(seconds_between "$t0" "$t1" 2)
@@ -178,7 +180,7 @@ while read -r state; do
   if [ -z "$s_started" ] && [ -n "$state" ]; then s_started=$(now); fi
   if [ "$state" = "done" ]; then
     t1=$(now)
-    s_pg1=$(postgres_cpu) s_kafka1=$(kafka_broker_cpu)
+    s_kafka1=$(kafka_broker_cpu)
     break
   fi
   if ! kill -0 "$PRODUCER_PID" 2>/dev/null; then break; fi
@@ -199,6 +201,10 @@ fi
 kill -TERM "$PRODUCER_PID"
 wait "$timed" || log "the producer exited with status $? after SIGTERM"
 PRODUCER_PID=
+# The producer's backends end with it; their time counts once the postmaster has reaped them
+# (so Postgres's figure includes the producer's shutdown).
+sleep 1
+s_pg1=$(postgres_cpu)
 s_wall=$(seconds_between "$t0" "$t1" 2)
 in_pg=$("$PSQL" -X -At "$db_url" -c "SELECT round(extract(epoch FROM finished_at - started_at)::numeric, 2) FROM sluice.backfills")
 s_user=$(time_field "$WORK/sluice.time" 'User time (seconds)')
