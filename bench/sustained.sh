@@ -480,7 +480,7 @@ echo "cluster: $TARGET $CLUSTER_VERSION at $ENDPOINT"
 echo "rows:    ~$ROW_BYTES bytes (pg_column_size); preload $PRELOAD rows; topic $TOPIC, $("$TOOL" count "$BROKERS" "$TOPIC" | cut -d' ' -f2) partitions"
 echo "writer:  $WRITERS connections, transactions of $TX changes ($UPDATES updated rows in one UPDATE, $((TX - UPDATES)) new rows in one INSERT), ${WINDOW}s per rate, synchronous_commit on"
 echo "flat:    backlog slope ≤ $FLAT_SLOPE% of the rate per second, last third ≤ ${FLAT_SECONDS}s of changes; held: flat, ≥ 98% of the rate written, counts match"
-echo "held:    highest rate held with flat lag: ${HELD:+$HELD changes/s}${HELD:-none of the rates tried}"
+echo "held:    highest rate held with flat lag: $(if [ -n "$HELD" ]; then echo "$HELD changes/s"; else echo "none of the rates tried"; fi)"
 echo
 echo "| target changes/s | achieved changes/s | changes | backlog, mean of each third | backlog max | backlog slope (/s) | producer part max | group lag max | flat | drain after the window (s) | counts | held | other builds/tests running |"
 echo "|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---|---|---|"
