@@ -91,7 +91,6 @@ BROKERS=$SLUICE_TEST_KAFKA_BROKERS
 PG_BASE=${SLUICE_TEST_PG_URL%/*}
 LIBPQ_SSL="sslmode=verify-ca&sslrootcert=$SLUICE_TEST_PG_CA"
 ADMIN_URL="$PG_BASE/postgres?$LIBPQ_SSL"
-KAFKA_PID_FILE=$SLUICE_STATE_DIR/kafka/kafka.pid
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_DIR/target}/release
 PRODUCER=$TARGET_DIR/sluice-producer
@@ -119,7 +118,6 @@ es() {
 }
 
 cluster_cpu() { if [ -s "$CLUSTER_PID_FILE" ]; then cpu_seconds "$(cat "$CLUSTER_PID_FILE")"; fi; }
-kafka_cpu() { if [ -s "$KAFKA_PID_FILE" ]; then cpu_seconds "$(cat "$KAFKA_PID_FILE")"; fi; }
 
 # stop_pid PID: SIGTERM, up to 30 s, then SIGKILL.
 stop_pid() {

@@ -114,12 +114,16 @@ cpu_seconds() {
 }
 
 # postgres_cpu: CPU seconds (user+system) used so far by the local Postgres server: the
-# postmaster with every backend it has reaped (cutime/cstime) and every live one. The difference
-# of two readings is what the server spent in between, walsenders and ended backends included.
+# postmaster with every backend it has reaped (cutime/cstime) and every live one; 0 when it is
+# not running. The difference of two readings is what the server spent in between, walsenders
+# and ended backends included (a backend's time moves into the postmaster's once it is reaped,
+# so read a moment after the clients have gone).
 postgres_cpu() {
   local dir=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}/postgres/data master stat
-  master=$(head -n 1 "$dir/postmaster.pid" 2>/dev/null) || return 0
-  stat=$(cat "/proc/$master/stat" 2>/dev/null) || return 0
+  master=$(head -n 1 "$dir/postmaster.pid" 2>/dev/null) && stat=$(cat "/proc/$master/stat" 2>/dev/null) || {
+    echo 0
+    return 0
+  }
   {
     awk '{ print $12 + $13 + $14 + $15 }' <<<"${stat##*) }"
     for child in $(pgrep -P "$master" || true); do
@@ -129,10 +133,34 @@ postgres_cpu() {
   } | awk -v tck="$CLK_TCK" '{ t += $1 } END { printf "%.2f", t / tck }'
 }
 
-# kafka_broker_cpu: CPU seconds used so far by the local Kafka broker (empty if not running).
-kafka_broker_cpu() {
+# kafka_cpu: CPU seconds used so far by the local Kafka broker (empty if not running).
+kafka_cpu() {
   local file=${SLUICE_STATE_DIR:-/var/tmp/sluice-local}/kafka/kafka.pid
   if [ -s "$file" ]; then cpu_seconds "$(cat "$file")"; fi
+}
+
+# bench_fill_sql: the procedure `bench_fill(n)` that fills `rows(id bigint primary key, payload
+# text)` with n single-row transactions (`INSERT …; COMMIT;`, payload 9 md5s, about 300 bytes per
+# row) and returns, as `target`, the insert LSN inside the last one. The producer drain and the
+# Debezium comparison both call it, so they measure the same WAL.
+bench_fill_sql() {
+  cat <<'SQL'
+CREATE PROCEDURE bench_fill(n bigint, INOUT target pg_lsn DEFAULT NULL) LANGUAGE plpgsql AS $$
+DECLARE
+  s text;
+BEGIN
+  FOR i IN 1..n LOOP
+    s := i::text;
+    INSERT INTO rows VALUES (i, md5(s || 'a') || md5(s || 'b') || md5(s || 'c') || md5(s || 'd')
+      || md5(s || 'e') || md5(s || 'f') || md5(s || 'g') || md5(s || 'h') || md5(s || 'i'));
+    IF i = n THEN
+      target := pg_current_wal_insert_lsn();
+    END IF;
+    COMMIT;
+  END LOOP;
+END
+$$;
+SQL
 }
 
 # time_field FILE NAME: one value from a `/usr/bin/time -v` report.

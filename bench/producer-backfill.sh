@@ -152,7 +152,7 @@ CLEAN_SLOT=$slot CLEAN_TOPIC=$topic
 wait_quiet
 log "sluice-producer: backfill of $N rows, chunks of $CHUNK"
 watch_start
-s_pg0=$(postgres_cpu) s_kafka0=$(kafka_broker_cpu)
+s_pg0=$(postgres_cpu) s_kafka0=$(kafka_cpu)
 t0=$(now)
 /usr/bin/time -v -o "$WORK/sluice.time" "$PRODUCER" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run \
   2>"$WORK/producer.log" &
@@ -180,7 +180,7 @@ while read -r state; do
   if [ -z "$s_started" ] && [ -n "$state" ]; then s_started=$(now); fi
   if [ "$state" = "done" ]; then
     t1=$(now)
-    s_kafka1=$(kafka_broker_cpu)
+    s_kafka1=$(kafka_cpu)
     break
   fi
   if ! kill -0 "$PRODUCER_PID" 2>/dev/null; then break; fi

@@ -77,7 +77,6 @@ esac
 ADMIN_URL="$PG_BASE/postgres?$LIBPQ_SSL"
 
 WORK=$(mktemp -d)
-KAFKA_PID_FILE=$SLUICE_STATE_DIR/kafka/kafka.pid
 
 # What cleanup must remove; set as soon as it exists.
 CLEAN_DB='' CLEAN_SLOTS=() CLEAN_TOPIC='' PRODUCER_PID='' SAMPLER_PID=''
@@ -144,10 +143,6 @@ context_switches() {
     END { if (v != "") print v "/" n }' "/proc/$1/status" 2>/dev/null || true
 }
 
-kafka_cpu() {
-  if [ -s "$KAFKA_PID_FILE" ]; then cpu_seconds "$(cat "$KAFKA_PID_FILE")"; fi
-}
-
 RESULTS=()
 DETAILS=()
 
@@ -165,21 +160,7 @@ CREATE TABLE rows (id bigint PRIMARY KEY, payload text);
 CREATE PUBLICATION $pub FOR TABLE rows;
 SELECT pg_create_logical_replication_slot('$slot_s', 'pgoutput');
 SELECT pg_create_logical_replication_slot('$slot_r', 'pgoutput');
-CREATE PROCEDURE bench_fill(n bigint, INOUT target pg_lsn DEFAULT NULL) LANGUAGE plpgsql AS \$\$
-DECLARE
-  s text;
-BEGIN
-  FOR i IN 1..n LOOP
-    s := i::text;
-    INSERT INTO rows VALUES (i, md5(s || 'a') || md5(s || 'b') || md5(s || 'c') || md5(s || 'd')
-      || md5(s || 'e') || md5(s || 'f') || md5(s || 'g') || md5(s || 'h') || md5(s || 'i'));
-    IF i = n THEN
-      target := pg_current_wal_insert_lsn();
-    END IF;
-    COMMIT;
-  END LOOP;
-END
-\$\$;
+$(bench_fill_sql)
 SQL
   CLEAN_SLOTS=("$slot_s" "$slot_r")
   start_lsn=$(admin_sql "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$slot_s'")

@@ -94,7 +94,6 @@ es() {
     curl -sS -K - -X "$1" -H 'Content-Type: application/json' "$ENDPOINT/$2" ${3:+--data-binary "$3"}
 }
 KAFKA_PID_FILE=$SLUICE_STATE_DIR/kafka/kafka.pid
-PG_PID_FILE=$SLUICE_STATE_DIR/postgres/data/postmaster.pid
 PRODUCER=$TARGET_DIR/sluice-producer
 CONSUMER=$TARGET_DIR/sluice-consumer
 TOOL=$TARGET_DIR/sluice-bulk-load
@@ -239,22 +238,9 @@ CONSUMER_ADDR=$(listen_addr "$WORK/consumer.log")
 # ---------------------------------------------------------------------------------------------
 # Measurements.
 cpu_of_file() { if [ -s "$1" ]; then cpu_seconds "$(head -n 1 "$1")"; else echo 0; fi; }
-# pg_cpu: the postmaster's own and its exited children's CPU time, plus every live child's
-# (the command names carry no spaces: fields 14–17 are utime, stime, cutime, cstime).
-pg_cpu() {
-  local pm
-  pm=$(head -n 1 "$PG_PID_FILE" 2>/dev/null) || pm=''
-  if [ -z "$pm" ] || [ ! -r "/proc/$pm/stat" ]; then
-    echo 0
-    return 0
-  fi
-  # shellcheck disable=SC2046 # one path per child
-  cat "/proc/$pm/stat" $(pgrep -P "$pm" | sed 's|.*|/proc/&/stat|') 2>/dev/null |
-    awk -v tck="$CLK_TCK" 'NR == 1 { t = $16 + $17 } { t += $14 + $15 } END { printf "%.2f", t / tck }'
-}
 # cpu_now: CPU seconds of the producer, the consumer, Postgres, Kafka and the cluster.
 cpu_now() {
-  echo "$(cpu_seconds "$PRODUCER_PID") $(cpu_seconds "$CONSUMER_PID") $(pg_cpu)" \
+  echo "$(cpu_seconds "$PRODUCER_PID") $(cpu_seconds "$CONSUMER_PID") $(postgres_cpu)" \
     "$(cpu_of_file "$KAFKA_PID_FILE") $(cpu_of_file "$CLUSTER_PID_FILE")"
 }
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -289,7 +275,7 @@ sample() {
     "$(($(cut -d'|' -f1 <<<"$pg") + PRELOAD))" "$(cut -d'|' -f2 <<<"$pg")" \
     "${offsets% *}" "${offsets#* }" "$(summary_of "$metrics" | tr ' ' '\t')" \
     "$(rss_kb "$PRODUCER_PID")" "$(rss_kb "$CONSUMER_PID")" \
-    "$(cpu_seconds "$PRODUCER_PID")" "$(cpu_seconds "$CONSUMER_PID")" "$(pg_cpu)" \
+    "$(cpu_seconds "$PRODUCER_PID")" "$(cpu_seconds "$CONSUMER_PID")" "$(postgres_cpu)" \
     "$(cpu_of_file "$KAFKA_PID_FILE")" "$(cpu_of_file "$CLUSTER_PID_FILE")" >>"$SAMPLES"
 }
 sampler() {

@@ -5,7 +5,7 @@
 # peers_setup SSLMODE: reads the endpoints of deploy/local (the SLUICE_TEST_* variables, from the
 # environment or $SLUICE_STATE_DIR/env) and sets PSQL, BROKERS, PG_BASE, PG_USER, PG_PASSWORD,
 # PG_HOST, PG_PORT (split for the clients that take them apart), LIBPQ_SSL, ADMIN_URL,
-# KAFKA_PID_FILE and the release binaries PRODUCER, CONSUMER and LOADER (sluice-bulk-load).
+# and the release binaries PRODUCER, CONSUMER and LOADER (sluice-bulk-load).
 # admin_sql SQL runs on the postgres database, db_sql [psql args] on $DB (DB_URL).
 
 # shellcheck source-path=SCRIPTDIR/.. source=lib.sh
@@ -26,7 +26,6 @@ peers_setup() {
   fi
   PSQL=$SLUICE_TEST_PG_BINDIR/psql
   BROKERS=$SLUICE_TEST_KAFKA_BROKERS
-  KAFKA_PID_FILE=$SLUICE_STATE_DIR/kafka/kafka.pid
   PG_BASE=${SLUICE_TEST_PG_URL%/*}
   [[ $PG_BASE =~ ^postgres(ql)?://([^:@/]+):([^@/]*)@([^:/]+):([0-9]+)$ ]] ||
     die "cannot split SLUICE_TEST_PG_URL into user, password, host and port"
@@ -44,7 +43,6 @@ peers_setup() {
 }
 admin_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$ADMIN_URL" -c "$1"; }
 db_sql() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$PG_BASE/$DB?$LIBPQ_SSL" "$@"; }
-kafka_cpu() { if [ -s "$KAFKA_PID_FILE" ]; then cpu_seconds "$(cat "$KAFKA_PID_FILE")"; fi; }
 
 # build_sluice: the release binaries (not timed); sets SOURCE_STATE (the commit, and whether
 # the sources had uncommitted changes).

@@ -118,23 +118,12 @@ CREATE TABLE rows (id bigint PRIMARY KEY, payload text);
 CREATE PUBLICATION $PUB FOR TABLE rows;
 SELECT pg_create_logical_replication_slot('$SLOT_D', 'pgoutput');
 SELECT pg_create_logical_replication_slot('$SLOT_S', 'pgoutput');
-CREATE PROCEDURE bench_fill(n bigint) LANGUAGE plpgsql AS \$\$
-DECLARE
-  s text;
-BEGIN
-  FOR i IN 1..n LOOP
-    s := i::text;
-    INSERT INTO rows VALUES (i, md5(s || 'a') || md5(s || 'b') || md5(s || 'c') || md5(s || 'd')
-      || md5(s || 'e') || md5(s || 'f') || md5(s || 'g') || md5(s || 'h') || md5(s || 'i'));
-    COMMIT;
-  END LOOP;
-END
-\$\$;
+$(bench_fill_sql)
 SQL
 START_LSN=$(admin_sql "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT_S'")
 log "writing $N single-row transactions"
 t0=$(now)
-PGOPTIONS='-c synchronous_commit=off' db_sql -c "CALL bench_fill($N)"
+PGOPTIONS='-c synchronous_commit=off' db_sql -c "CALL bench_fill($N)" >/dev/null
 FILL_S=$(seconds_between "$t0" "$(now)")
 WAL_MB=$(admin_sql "SELECT round(pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$START_LSN') / 1048576)")
 log "written in ${FILL_S}s, ~${WAL_MB} MB of WAL (all databases)"
