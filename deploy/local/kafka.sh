@@ -10,7 +10,7 @@
 # Jars are cached in $SLUICE_CACHE_DIR/kafka/<version>; data and logs live in $SLUICE_STATE_DIR/kafka.
 # Readiness: a compiled admin-API probe creates, lists and deletes the topic sluice-readiness-probe.
 # Other knobs: SLUICE_KAFKA_VERSION, SLUICE_KAFKA_JAVA_HOME (a JDK, 17 or newer),
-# SLUICE_KAFKA_START_TIMEOUT (seconds, default 120).
+# SLUICE_KAFKA_START_TIMEOUT (seconds, default $SLUICE_START_TIMEOUT or 120).
 set -euo pipefail
 
 # shellcheck disable=SC2034 # read by lib.sh's log()
@@ -23,7 +23,7 @@ KAFKA_VERSION=${SLUICE_KAFKA_VERSION:-4.4.0}
 # the log4j2 binding is log4j-slf4j-impl (slf4j 1.x), not log4j-slf4j2-impl.
 LOG4J_VERSION=2.25.3
 DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
-START_TIMEOUT=${SLUICE_KAFKA_START_TIMEOUT:-120}
+START_TIMEOUT=${SLUICE_KAFKA_START_TIMEOUT:-${SLUICE_START_TIMEOUT:-120}}
 
 JARS_DIR="$SLUICE_CACHE_DIR/kafka/$KAFKA_VERSION"
 LIBS="$JARS_DIR/libs"

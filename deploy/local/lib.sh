@@ -130,11 +130,24 @@ stop_pid() {
 }
 
 # maven_fetch GROUP:ARTIFACT:VERSION[:PACKAGING[:CLASSIFIER]] DEST_DIR: copies one artifact from
-# Maven Central into the cache (once).
+# Maven Central into the cache (once). One fetch at a time: the services start in parallel, and
+# Maven 3.8's local repository is not safe for concurrent writers (two first runs resolving the
+# dependency plugin into an empty ~/.m2 at once). A failed fetch is tried once more after 10 s, for
+# a dropped connection; an artifact Central does not have fails twice, then the caller's error.
 maven_fetch() {
-  local coords=$1 dest=$2
+  local coords=$1 dest=$2 attempt
   mkdir -p "$dest"
-  mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2
+  (
+    exec 8>"$SLUICE_CACHE_DIR/.maven.lock"
+    flock 8
+    for attempt in 1 2; do
+      if mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2; then
+        exit 0
+      fi
+      [ "$attempt" = 2 ] || { log "fetching $coords failed: trying again in 10 s"; sleep 10; }
+    done
+    exit 1
+  )
 }
 
 # java_home_between MIN MAX: prints the home of the newest JDK installed whose major version is

@@ -29,9 +29,13 @@ cargo fmt --all -- --check
 # Every service in parallel: Postgres, Kafka and the five search clusters (OpenSearch 2.19.6, 3.3.2
 # and 2.19.4 with the security plugin; Elasticsearch 9.2.4 and 8.19.7 over HTTPS). The slowest JVM
 # takes 2 to 3 minutes on 2 cores (docs/development.md): they start while clippy and the build
-# run, and the tests wait for them.
+# run, and the tests wait for them. Their start-up waits are longer than up.sh's defaults (180 s)
+# because clippy and rustc keep both cores busy meanwhile. up.sh's messages are kept aside and
+# printed when the tests wait for it, so a failure's reason is not lost among cargo's lines.
+export SLUICE_START_TIMEOUT=${SLUICE_START_TIMEOUT:-600}
 services_env=$(mktemp)
-deploy/local/up.sh >"$services_env" &
+services_log=$(mktemp)
+deploy/local/up.sh >"$services_env" 2>"$services_log" &
 services=$!
 
 log "cargo clippy"
@@ -44,9 +48,12 @@ log "alerting rules"
 deploy/prometheus/test.sh
 
 log "waiting for the services"
-wait "$services" || die "the services did not start (see the lines above)"
+services_status=0
+wait "$services" || services_status=$?
+cat "$services_log" >&2
+[ "$services_status" = 0 ] || die "the services did not start (deploy/local/up.sh's messages above)"
 eval "$(cat "$services_env")"
-rm -f "$services_env"
+rm -f "$services_env" "$services_log"
 # The base and service images of the Compose test (debootstrap, docker builds: mostly network and
 # disk) are made while the tests run, now that the distributions they copy are fetched.
 deploy/compose/local-images.sh >/dev/null 2>"$SLUICE_STATE_DIR/local-images.log" &

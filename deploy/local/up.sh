@@ -12,7 +12,9 @@
 # 24 GiB; what they cost is CPU while they start on its 2 cores (see docs/development.md).
 #
 # Idempotent: services already running are left alone. The services start in parallel; each
-# waits until it answers a real request. The lines are also written to $SLUICE_STATE_DIR/env.
+# waits until it answers a real request (up to $SLUICE_START_TIMEOUT seconds when set, else each
+# script's own default: 180 for the JVMs, 120 for Kafka). The lines are also written to
+# $SLUICE_STATE_DIR/env.
 # Stop everything with deploy/local/down.sh.
 set -euo pipefail
 SERVICE=up
