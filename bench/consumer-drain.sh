@@ -21,7 +21,10 @@
 #   3. drains: target/release/sluice-consumer run --sink S under /usr/bin/time -v, one new group
 #      and fresh index per sink: `default` (batch_size 500, max_in_flight_requests 4, gzip), `tuned`
 #      (the loader's best batch size and concurrency, gzip) and `tuned-plain` (the same, gzip off);
-#      BENCH_SINKS picks some. Timed from the process start until the group's committed offsets
+#      BENCH_SINKS picks some, and may also name `small` (the defaults with `batch_max_bytes`
+#      BENCH_SMALL_BYTES, default 1 MiB) and `other` (the defaults, drained by the binary
+#      BENCH_OTHER_CONSUMER: a build of another commit or with another allocator, compared in
+#      the same invocation; naming BENCH_OTHER_CONSUMER adds `other` to the sinks). Timed from the process start until the group's committed offsets
 #      reach the end of every partition (polled every 200 ms; the consumer commits every second),
 #      then SIGTERM; the index must then hold BENCH_ROWS documents (`_count` after `_refresh`);
 #   4. latency: the producer and a fresh consumer process (the `default` sink, its group at the
@@ -29,11 +32,9 @@
 #      one scrape of /metrics (see below), a PL/pgSQL loop commits 100 single-row transactions
 #      every 100 ms (1,000 changes/s) for BENCH_LATENCY_SECONDS (default 60); then the consumer's `sluice_consumer_commit_to_indexed_seconds` summary is read from its
 #      /metrics (quantiles over the last 40–60 s: the exporter's rolling window is 3 × 20 s; the
-#      mean from _sum/_count covers every event of the run but the warm-up). The exporter files
-#      buffered samples into that window only when /metrics is rendered (sluice runs no upkeep
-#      task), newest first, and drops the ones older than the first it files when the window is
-#      empty or expired: a single scrape at the end would see only the last few dozen events. So
-#      /metrics is rendered once after the warm-up and then every 2 s;
+#      mean from _sum/_count covers every event of the run but the warm-up). The consumer folds
+#      buffered samples into that window every 5 s (its upkeep thread); /metrics is rendered once
+#      after the warm-up and then every 2 s besides, as a Prometheus server would;
 #   5. the slot, the database, the topics (with the sinks' dead-letter topics), the groups and the
 #      indices are deleted, also when the run fails.
 # CPU time of the consumer (time -v), of the cluster's JVM and of the Kafka broker (/proc) is
@@ -60,6 +61,12 @@ SAMPLE=${BENCH_SAMPLE:-100000}
 BATCHES=${BENCH_BATCHES:-500,1000,2000,5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-1,2,4}
 SINKS=${BENCH_SINKS:-default tuned tuned-plain}
+SMALL_BYTES=${BENCH_SMALL_BYTES:-1048576}
+OTHER_CONSUMER=${BENCH_OTHER_CONSUMER:-}
+if [ -n "$OTHER_CONSUMER" ]; then
+  [ -x "$OTHER_CONSUMER" ] || die "BENCH_OTHER_CONSUMER: $OTHER_CONSUMER is not an executable"
+  case " $SINKS " in *" other "*) ;; *) SINKS="$SINKS other" ;; esac
+fi
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-60}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-1800}
 SCRAPE=${BENCH_SCRAPE_INTERVAL:-0}
@@ -221,9 +228,9 @@ producer:
 YAML
   [ $# -eq 0 ] && return 0
   echo "sinks:" >>"$WORK/sluice.yaml"
-  local spec name batch inflight gzip
+  local spec name batch inflight gzip bytes
   for spec in "$@"; do
-    IFS=: read -r name batch inflight gzip <<<"$spec"
+    IFS=: read -r name batch inflight gzip bytes <<<"$spec"
     cat >>"$WORK/sluice.yaml" <<YAML
   - name: $IDX-$name
     table: public.items
@@ -238,6 +245,7 @@ $(if [ -n "$API_KEY" ]; then
 $(if [ -n "$batch" ]; then echo "      batch_size: $batch"; fi)
 $(if [ -n "$inflight" ]; then echo "      max_in_flight_requests: $inflight"; fi)
 $(if [ -n "$gzip" ]; then echo "      gzip: $gzip"; fi)
+$(if [ -n "$bytes" ]; then echo "      batch_max_bytes: $bytes"; fi)
 YAML
   done
 }
@@ -330,6 +338,11 @@ for sink in $SINKS; do
     default) SPECS+=("default:::") ;;
     tuned) SPECS+=("tuned:$BEST_BATCH:$BEST_CONC:") ;;
     tuned-plain) SPECS+=("tuned-plain:$BEST_BATCH:$BEST_CONC:false") ;;
+    small) SPECS+=("small::::$SMALL_BYTES") ;;
+    other)
+      [ -n "$OTHER_CONSUMER" ] || die "sink other needs BENCH_OTHER_CONSUMER"
+      SPECS+=("other:::")
+      ;;
     *) die "unknown sink $sink in BENCH_SINKS" ;;
   esac
   CLEAN_KAFKA+=("topic:$IDX-$sink.dlq" "group:$IDX-$sink")
@@ -340,8 +353,10 @@ write_config "${SPECS[@]}"
 # is given); CONSUMER_PID is the consumer itself.
 CONSUMER_PID='' TIMED_PID=''
 start_consumer() {
+  local bin=$CONSUMER
+  if [ "$1" = other ]; then bin=$OTHER_CONSUMER; fi
   if [ -n "${3:-}" ]; then
-    /usr/bin/time -v -o "$3" "$CONSUMER" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run --sink "$IDX-$1" 2>"$2" &
+    /usr/bin/time -v -o "$3" "$bin" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run --sink "$IDX-$1" 2>"$2" &
     TIMED_PID=$!
     PIDS+=("$TIMED_PID")
     CONSUMER_PID=''
@@ -350,7 +365,7 @@ start_consumer() {
       sleep 0.01
     done
   else
-    "$CONSUMER" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run --sink "$IDX-$1" 2>"$2" &
+    "$bin" --config "$WORK/sluice.yaml" --listen 127.0.0.1:0 run --sink "$IDX-$1" 2>"$2" &
     CONSUMER_PID=$! TIMED_PID=$!
   fi
   [ -n "$CONSUMER_PID" ] || die "the consumer did not start: $(tail -n 5 "$2")"
@@ -435,8 +450,8 @@ for spec in "${SPECS[@]}"; do
   sys=$(time_field "$WORK/consumer-$sink.time" 'System time (seconds)')
   rss=$(time_field "$WORK/consumer-$sink.time" 'Maximum resident set size (kbytes)')
   rate=$(calc "$N / $wall" 0)
-  IFS=: read -r _ b f g <<<"$spec"
-  RESULTS+=("| sluice-consumer \`$sink\` | ${b:-500} | ${f:-4} | ${g:-true} | $wall | $rate | **$(calc "$rate / $L" 2)** | $(calc "$rss / 1024" 1) | $(calc "$user + $sys" 1) | $(calc "${e1:-0} - ${e0:-0}" 1) | $(calc "${k1:-0} - ${k0:-0}" 1) | $dist |")
+  IFS=: read -r _ b f g m <<<"$spec"
+  RESULTS+=("| sluice-consumer \`$sink\` | ${b:-500}${m:+ (≤ $m bytes)} | ${f:-4} | ${g:-true} | $wall | $rate | **$(calc "$rate / $L" 2)** | $(calc "$rss / 1024" 1) | $(calc "$user + $sys" 1) | $(calc "${e1:-0} - ${e0:-0}" 1) | $(calc "${k1:-0} - ${k0:-0}" 1) | $dist |")
   DETAILS+=("sink $sink: $requests bulk requests ($(if [ "${requests:-0}" -gt 0 ] 2>/dev/null; then calc "$N / $requests" 0; else echo '?'; fi) documents each on average); partitions assigned after ${assigned}s; consumer CPU at the end ${c_cpu}s (user ${user}s, sys ${sys}s over its life); index count $counted; $(grep -c 'WARN' "$WORK/consumer-$sink.log" || true) warnings in its log")
   es DELETE "$IDX-$sink-v1" >/dev/null || log "could not delete index $IDX-$sink-v1"
   log "sink $sink: ${wall}s, $rate documents/s, peak RSS $(calc "$rss / 1024" 1) MB"
