@@ -10,6 +10,8 @@ set -euo pipefail
 SERVICE='test'
 . "$(dirname "$0")/lib.sh"
 cd "$DEPLOY_LOCAL_DIR/../.."
+# Each of this script's lines says how far into the run it is, so a CI log shows where the time goes.
+log() { printf '[%s +%dm%02ds] %s\n' "$SERVICE" $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 # librdkafka is built from source (cmake/make, a C/C++ compiler, OpenSSL, zlib headers).
 apt_install build-essential pkg-config libssl-dev zlib1g-dev cmake
@@ -76,3 +78,4 @@ deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.
 log "Helm chart"
 deploy/helm/test.sh
+log "every check passed"
