@@ -24,8 +24,8 @@
 #      BENCH_SINKS picks some, and may also name `small` (the defaults with `batch_max_bytes`
 #      BENCH_SMALL_BYTES, default 1 MiB) and `other` (the defaults, drained by the binary
 #      BENCH_OTHER_CONSUMER: a build of another commit or with another allocator, compared in
-#      the same invocation; naming BENCH_OTHER_CONSUMER adds `other` to the sinks). Timed from the process start until the group's committed offsets
-#      reach the end of every partition (polled every 200 ms; the consumer commits every second),
+#      the same invocation; naming BENCH_OTHER_CONSUMER adds `other` to the sinks). Timed from
+#      the process start until the group's committed offsets reach the end of every partition (polled every 200 ms; the consumer commits every second),
 #      then SIGTERM; the index must then hold BENCH_ROWS documents (`_count` after `_refresh`);
 #   4. latency: the producer and a fresh consumer process (the `default` sink, its group at the
 #      end of the topic, its index recreated empty) run together; after a warm-up of 100 rows and
@@ -47,7 +47,8 @@
 # sluice-producer -p sluice-consumer -p sluice-tests --bins` (not timed).
 # Knobs: BENCH_ROWS, BENCH_TARGET (elasticsearch, the default, with its API key; or opensearch),
 # BENCH_SAMPLE, BENCH_BATCHES (500,1000,2000,5000), BENCH_CONCURRENCY (1,2,4), BENCH_SINKS
-# ("default tuned tuned-plain"), BENCH_LATENCY_SECONDS (0 skips the latency step),
+# ("default tuned tuned-plain"; also `small`, `other`), BENCH_SMALL_BYTES, BENCH_OTHER_CONSUMER
+# (see 3.), BENCH_LATENCY_SECONDS (0 skips the latency step),
 # BENCH_DRAIN_TIMEOUT (seconds, default 1800), BENCH_SCRAPE_INTERVAL (seconds; render the
 # consumer's /metrics this often during the drains, as a Prometheus server would; default 0: never), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
 # BENCH_LOG_DIR (keep the logs and time -v reports there).

@@ -31,7 +31,7 @@
 # licences: it is fetched and run, never committed.
 # Overrides (<NAME> as above, e.g. ELASTICSEARCH or ELASTICSEARCH8): SLUICE_<NAME>_PORT,
 # SLUICE_<NAME>_TRANSPORT_PORT, SLUICE_<NAME>_VERSION, SLUICE_<NAME>_HEAP, SLUICE_<NAME>_PASSWORD,
-# SLUICE_<NAME>_START_TIMEOUT.
+# SLUICE_<NAME>_START_TIMEOUT (default $SLUICE_START_TIMEOUT, else 180 s).
 #
 # The integ-test zips (9.2.4 and 8.19.7 alike) hold only the modules apm, transport-netty4,
 # x-pack-core and x-pack-security: no painless, no reindex (so no _reindex / _delete_by_query /

@@ -135,18 +135,15 @@ stop_pid() {
 # dependency plugin into an empty ~/.m2 at once). A failed fetch is tried once more after 10 s, for
 # a dropped connection; an artifact Central does not have fails twice, then the caller's error.
 maven_fetch() {
-  local coords=$1 dest=$2 attempt
+  local coords=$1 dest=$2
   mkdir -p "$dest"
   (
     exec 8>"$SLUICE_CACHE_DIR/.maven.lock"
     flock 8
-    for attempt in 1 2; do
-      if mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2; then
-        exit 0
-      fi
-      [ "$attempt" = 2 ] || { log "fetching $coords failed: trying again in 10 s"; sleep 10; }
-    done
-    exit 1
+    mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2 && exit 0
+    log "fetching $coords failed: trying again in 10 s"
+    sleep 10
+    mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" >&2
   )
 }
 

@@ -28,7 +28,8 @@
 # for the service); config, data and logs in $SLUICE_STATE_DIR/<name>, owned by
 # $SLUICE_SERVICE_USER (OpenSearch refuses to run as root). Overrides (<NAME> as above, e.g.
 # OPENSEARCH or OPENSEARCH3): SLUICE_<NAME>_PORT, SLUICE_<NAME>_TRANSPORT_PORT,
-# SLUICE_<NAME>_VERSION, SLUICE_<NAME>_HEAP, SLUICE_<NAME>_START_TIMEOUT, SLUICE_<NAME>_MODULES.
+# SLUICE_<NAME>_VERSION, SLUICE_<NAME>_HEAP, SLUICE_<NAME>_START_TIMEOUT
+# (default $SLUICE_START_TIMEOUT, else 180 s), SLUICE_<NAME>_MODULES.
 #
 # The integ-test zip holds only the transport-netty4 module (3.x also transport-grpc), and no
 # security plugin. This script adds lang-painless, reindex (_reindex, _delete_by_query,
