@@ -76,7 +76,7 @@ pub enum ItemResult {
     Stale,
     /// 404 on a delete: nothing to delete. Final.
     NotFound,
-    /// 429 or 5xx: try the item again later.
+    /// 429, 5xx, an index block, or a lost dynamic mapping race: try the item again later.
     Retry { status: u16, reason: String },
     /// Any other 4xx (mapping conflict: `document_parsing_exception` on Elasticsearch 8+,
     /// `mapper_parsing_exception` on OpenSearch; `illegal_argument_exception`, …): the item will

@@ -285,6 +285,71 @@ async fn rejected_scenario(cluster: Cluster, test: &str) {
     context.cleanup().await.unwrap();
 }
 
+on_each_cluster!(a_dynamic_mapping_race_is_retried_not_rejected = mapping_race_scenario());
+
+/// Forty documents bring twenty new fields, as integers in even documents and as floats in odd
+/// ones, in one request to an index of four shards without mappings: the shards add the fields
+/// at once, and on OpenSearch the losers of each race fail (Elasticsearch 9 retries on its own).
+/// They must come back to be retried, never as rejected (dead letters of good rows), and the
+/// retry must index them.
+async fn mapping_race_scenario(cluster: Cluster, test: &str) {
+    let (context, client) = setup(test, cluster, true).await;
+    let alias = context.index("raced");
+    let settings = json!({ "number_of_shards": 4, "number_of_replicas": 0 });
+    client
+        .ensure_index(&alias, Some(&settings), None)
+        .await
+        .unwrap();
+    let ops: Vec<BulkOp> = (0..40u64)
+        .map(|id| {
+            let document: Map<String, Value> = (0..20u64)
+                .map(|field| {
+                    let value = if id % 2 == 0 {
+                        json!(field)
+                    } else {
+                        json!(field as f64 + 0.5)
+                    };
+                    (format!("f{field}"), value)
+                })
+                .collect();
+            index_op(&alias, &id.to_string(), 1, Value::Object(document))
+        })
+        .collect();
+
+    let results = client.bulk(&ops).await.unwrap();
+    let mut raced = Vec::new();
+    for (op, result) in ops.iter().zip(&results) {
+        match result {
+            ItemResult::Done => {}
+            ItemResult::Retry {
+                status: 400,
+                reason,
+            } if reason.contains("cannot be changed") => {
+                raced.push(op.clone());
+            }
+            other => panic!("neither written nor retried: {other:?}"),
+        }
+    }
+    if cluster == Cluster::OpenSearch {
+        // Seen in every one of twenty tries; without a race this test would prove nothing.
+        assert!(
+            !raced.is_empty(),
+            "no write lost a mapping race: {results:?}"
+        );
+    }
+    let retried = client.bulk(&raced).await.unwrap();
+    assert!(
+        retried.iter().all(|result| *result == ItemResult::Done),
+        "{retried:?}"
+    );
+
+    client.refresh(&alias).await.unwrap();
+    assert_eq!(client.count(&alias).await.unwrap(), 40);
+    let odd = get_json(&context, cluster, &format!("{alias}/_doc/1")).await;
+    assert_eq!(odd["_source"]["f3"], json!(3.5), "{odd}");
+    context.cleanup().await.unwrap();
+}
+
 on_each_cluster!(scan_versions_pages_through_everything = scan_scenario());
 
 async fn scan_scenario(cluster: Cluster, test: &str) {

@@ -132,6 +132,24 @@ pub(crate) const BLOCK_HINT: &str = "(the index refuses writes: a rebuild is swa
      `sluice-consumer rebuild` runs, finish or undo the interrupted one with `sluice-consumer \
      rebuild <sink>` or `rebuild <sink> --abort`)";
 
+/// Said with every write retried after a dynamic mapping race.
+pub(crate) const MAPPING_RACE_HINT: &str = "(two writes added this field to the mapping at \
+     once with different types, and the other one's type was kept; the write is retried against \
+     it. Declare the field in the sink's `mappings` to choose the type yourself)";
+
+/// Whether an item failed only because another write added the same new field at the same
+/// moment with another type (`1` and `1.5`, on two shards or in two concurrent requests): both
+/// asked the master for a mapping update, the first won, and the second's merge failed.
+/// OpenSearch 2 and 3 answer so; Elasticsearch 9 retries on its own. Tried again, the write
+/// parses against the field that now exists (a float into a `long` is coerced, the source kept
+/// as sent), or fails with the document's real mapping error, which is then dead-lettered. A
+/// field once mapped never races again, so the retries end.
+fn is_dynamic_mapping_race(error_type: &str, reason: &str) -> bool {
+    error_type == "illegal_argument_exception"
+        && reason.starts_with("mapper [")
+        && reason.contains("] cannot be changed from type [")
+}
+
 /// The `filter_path` of bulk requests: the status and error of every item, nothing else.
 pub(crate) const BULK_FILTER_PATH: &str = "items.*.status,items.*.error";
 
@@ -166,6 +184,10 @@ impl BulkItem {
                 reason: format!("{reason} {BLOCK_HINT}"),
             },
             429 | 500..=599 => ItemResult::Retry { status, reason },
+            _ if is_dynamic_mapping_race(&error_type, &reason) => ItemResult::Retry {
+                status,
+                reason: format!("{reason} {MAPPING_RACE_HINT}"),
+            },
             _ => ItemResult::Rejected {
                 status,
                 error_type,
@@ -372,6 +394,30 @@ mod tests {
             assert!(
                 matches!(blocked, ItemResult::Retry { status: 403, reason } if reason.contains("blocked by") && reason.contains("--abort")),
                 "{blocked:?}"
+            );
+        }
+    }
+
+    // As OpenSearch 2.19 and 3.3 answer the loser of a dynamic mapping race.
+    #[test]
+    fn a_dynamic_mapping_race_is_retried_and_a_wrong_value_is_not() {
+        let body = r#"{"items":[
+            {"index":{"_index":"p","_id":"1","status":400,"error":{"type":"illegal_argument_exception","reason":"mapper [f10] cannot be changed from type [long] to [float]"}}},
+            {"index":{"_index":"p","_id":"2","status":400,"error":{"type":"illegal_argument_exception","reason":"mapper [a.b] cannot be changed from type [date] to [text]"}}},
+            {"index":{"_index":"p","_id":"3","status":400,"error":{"type":"illegal_argument_exception","reason":"Limit of total fields [1000] has been exceeded"}}},
+            {"index":{"_index":"p","_id":"4","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n] of type [long] in document with id '4'. Preview of field's value: 'abc'"}}}
+        ]}"#;
+        let got = outcomes(body, &[false; 4]);
+        for raced in &got[..2] {
+            assert!(
+                matches!(raced, ItemResult::Retry { status: 400, reason } if reason.starts_with("mapper [") && reason.contains("retried") && reason.contains("`mappings`")),
+                "{raced:?}"
+            );
+        }
+        for rejected in &got[2..] {
+            assert!(
+                matches!(rejected, ItemResult::Rejected { status: 400, .. }),
+                "{rejected:?}"
             );
         }
     }
