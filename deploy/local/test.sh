@@ -40,13 +40,6 @@ services_log=$(mktemp)
 deploy/local/up.sh >"$services_env" 2>"$services_log" &
 services=$!
 
-# kube-apiserver, kubectl and helm for the chart's tests are built from the Go module proxy: on a
-# machine without them cached that is about 10 minutes of both cores. Built in the background at
-# the lowest priority, they take only the time cargo, the services and the tests leave idle;
-# deploy/helm/test.sh waits for them (build.sh's lock) and builds what is still missing.
-nice -n 19 deploy/kube/build.sh >/dev/null 2>"$SLUICE_STATE_DIR/kube-build.log" &
-kube_build=$!
-
 log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "cargo build --bins"
@@ -84,6 +77,5 @@ export SLUICE_BUILD_PROFILE=dev
 deploy/compose/test.sh
 # The Helm chart against a local Kubernetes API server, and its pods' promises in Docker.
 log "Helm chart"
-wait "$kube_build" || log "kube-apiserver, kubectl and helm could not be built in the background (see $SLUICE_STATE_DIR/kube-build.log); the chart's test tries again"
 deploy/helm/test.sh
 log "every check passed"
