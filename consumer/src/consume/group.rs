@@ -45,7 +45,11 @@ pub fn consumer_config(config: &Config, sink: &SinkConfig) -> ClientConfig {
             // long before its partitions move to another member.
             ("max.poll.interval.ms", "1800000".to_owned()),
             // Bounds the prefetched messages held in memory (the group consumer's one queue).
-            ("queued.max.messages.kbytes", "4096".to_owned()),
+            // librdkafka counts them as fetched, compressed; each message set is kept
+            // decompressed while any of its messages waits, about six times as much for these
+            // rows (LZ4): at 4096 a heap profile found 26 MB of such buffers at a drain's peak.
+            // 1024 held 10 MB less than 4096, at the same rate (docs/benchmarks.md, run H).
+            ("queued.max.messages.kbytes", "1024".to_owned()),
             // When the queue is full, fetch again soon after it drains (librdkafka waits 1 s by
             // default, which starves a fast sink behind a small queue).
             ("fetch.queue.backoff.ms", "20".to_owned()),
