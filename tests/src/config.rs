@@ -354,6 +354,11 @@ impl Sink {
         self.es("verify_hostname", json!(verify))
     }
 
+    /// The index settings the sink creates the index with.
+    pub fn settings(self, settings: Value) -> Self {
+        self.es("settings", settings)
+    }
+
     /// The index mappings the sink creates the index with.
     pub fn mappings(self, mappings: Value) -> Self {
         self.es("mappings", mappings)

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_tests::{Cluster, Doc, Process, Sink, TestContext, eventually, on_each_cluster};
+use sluice_tests::{
+    Cluster, Doc, Process, RawRecord, Sink, TestContext, eventually, on_each_cluster,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -46,6 +48,17 @@ async fn wait_for_documents(
         .wait_for_documents(cluster, index, expected, WAIT)
         .await
         .unwrap()
+}
+
+/// The dead letters of sink `name`, once its group committed `table`'s topic to the end (every
+/// event's outcome final).
+async fn letters_once_committed(context: &TestContext, name: &str, table: &str) -> Vec<RawRecord> {
+    let sink = context.sink_name(name);
+    context
+        .wait_committed_to_end(&sink, &context.topic(table), WAIT)
+        .await
+        .unwrap();
+    context.read_raw(&format!("{sink}.dlq")).await.unwrap()
 }
 
 /// The commit LSN of the last event of every key on `topic` (what the document's version must
@@ -151,6 +164,7 @@ async fn products_example(cluster: Cluster, test: &str) {
 on_each_cluster!(
     products_example,
     mapping_conflict,
+    mapping_race,
     toasted_update,
     truncate,
     per_tenant_indices,
@@ -199,14 +213,7 @@ async fn mapping_conflict(cluster: Cluster, test: &str) {
     expected.insert("16".to_owned(), json!({"id": 16, "code": "1"}));
     expected.insert("18".to_owned(), json!({"id": 18, "code": "3"}));
     wait_for_documents(&context, cluster, "items", &expected).await;
-    let topic = context.topic("public.items");
-    context
-        .wait_committed_to_end(&context.sink_name("items"), &topic, WAIT)
-        .await
-        .unwrap();
-
-    let dlq = format!("{}.dlq", context.sink_name("items"));
-    let letters = context.read_raw(&dlq).await.unwrap();
+    let letters = letters_once_committed(&context, "items", "public.items").await;
     assert_eq!(letters.len(), 1, "one dead letter: {letters:?}");
     let letter = &letters[0];
     assert_eq!(letter.key.as_deref(), Some(&b"[17]"[..]));
@@ -227,6 +234,70 @@ async fn mapping_conflict(cluster: Cluster, test: &str) {
     use sluice_proto::Message as _;
     let event = sluice_proto::v1::ChangeEvent::decode(letter.payload.as_deref().unwrap()).unwrap();
     assert_eq!(event.op(), sluice_proto::v1::Op::Update);
+
+    pipeline.stop().await.unwrap();
+    context.cleanup().await.unwrap();
+}
+
+/// Rows whose numeric columns hold whole numbers in some rows and fractions in others, into an
+/// index of four shards without mappings: the first writes race to add each field (`long`
+/// against `float`), and OpenSearch fails the losers. Every row must still be indexed as it is,
+/// the offsets committed to the end, and no dead letter written.
+async fn mapping_race(cluster: Cluster, test: &str) {
+    let context = TestContext::new(test).await.unwrap();
+    let db = context.postgres().await.unwrap();
+    let columns: Vec<String> = (0..20).map(|c| format!("f{c}")).collect();
+    db.batch_execute(&format!(
+        "CREATE TABLE readings (id int PRIMARY KEY, {})",
+        columns
+            .iter()
+            .map(|c| format!("{c} numeric"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .await
+    .unwrap();
+    let config = context
+        .config()
+        .table("public.readings")
+        .sink(
+            context
+                .sink(cluster, "readings", "public.readings")
+                .settings(json!({"number_of_shards": 4, "number_of_replicas": 0})),
+        )
+        .load()
+        .unwrap();
+    let pipeline = context.start_pipeline(config).await.unwrap();
+    // Even rows hold c, odd rows c + 0.5, in every column.
+    let value = |id: i64, c: i64| {
+        if id % 2 == 0 {
+            json!(c)
+        } else {
+            json!(c as f64 + 0.5)
+        }
+    };
+    db.batch_execute(&format!(
+        "INSERT INTO readings SELECT i, {} FROM generate_series(1, 60) i",
+        (0..20)
+            .map(|c| format!("CASE WHEN i % 2 = 0 THEN {c} ELSE {c}.5 END"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .await
+    .unwrap();
+    let expected: BTreeMap<String, serde_json::Value> = (1..=60)
+        .map(|id| {
+            let mut doc = serde_json::Map::new();
+            doc.insert("id".to_owned(), json!(id));
+            for c in 0..20 {
+                doc.insert(format!("f{c}"), value(id, c));
+            }
+            (id.to_string(), serde_json::Value::Object(doc))
+        })
+        .collect();
+    wait_for_documents(&context, cluster, "readings", &expected).await;
+    let letters = letters_once_committed(&context, "readings", "public.readings").await;
+    assert!(letters.is_empty(), "no dead letter: {letters:?}");
 
     pipeline.stop().await.unwrap();
     context.cleanup().await.unwrap();
