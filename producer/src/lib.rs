@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 
     let checkpoint = Arc::new(Checkpoint::new(0));
     let publisher = Arc::new(Publisher::new(&config, checkpoint.clone())?);
+    let watch = tokio::spawn(publisher.clone().watch(shutdown.child_token()));
     let state = StreamState::new(
         config.clone(),
         target.database.as_str().into(),
@@ -141,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         Err(Failure::GaveUp((_, (error, _)))) => Err(error),
     };
     heartbeat.abort();
+    watch.abort();
     backfill_shutdown.cancel();
     // The manager returns at once when cancelled; its runtime drops the workers.
     let _ = tokio::task::spawn_blocking(move || backfill_thread.join()).await;

@@ -1,5 +1,6 @@
 //! sluice-producer while Kafka is down: nothing is confirmed to Postgres that Kafka has not
-//! acknowledged, and once Kafka is back every row arrives and the slot catches up.
+//! acknowledged, `sluice_producer_kafka_unacknowledged_seconds` shows how long messages have
+//! waited, and once Kafka is back every row arrives, the slot catches up and the gauge is 0.
 //!
 //! This stops the shared Kafka, so it is a test binary of its own with a single test (cargo runs
 //! test binaries one after another), and it always starts Kafka again, also when it fails.
@@ -12,9 +13,22 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use sluice_producer::stats::format_lsn;
-use sluice_tests::{StoppedService, TestContext, connect, eventually};
+use sluice_tests::{StoppedService, TestContext, connect, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+const UNACKNOWLEDGED: &str = "sluice_producer_kafka_unacknowledged_seconds";
+
+/// The producer's `sluice_producer_kafka_unacknowledged_seconds`, from its `/metrics`.
+async fn unacknowledged_seconds(port: u16) -> anyhow::Result<Option<f64>> {
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(UNACKNOWLEDGED)?.trim().parse().ok()))
+}
 
 /// Ids of the rows on `topic`.
 async fn ids_on_topic(context: &TestContext, topic: &str) -> anyhow::Result<HashSet<i64>> {
@@ -37,9 +51,11 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
         .await
         .unwrap();
     // Frequent status updates and heartbeats: any confirmation would show within the outage.
+    let port = free_port();
     let config = context
         .config()
         .table("public.ticks")
+        .producer_port(port)
         .heartbeat_interval(Duration::from_secs(1))
         .status_interval(Duration::from_secs(1))
         .load()
@@ -86,6 +102,8 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
     let written_at_c1 = written.load(Ordering::SeqCst);
     let wal = context.current_lsn().await.unwrap();
     let producer_alive = !producer.is_finished();
+    // Read every 5 s: after 23 s of outage it shows at least 15.
+    let waited = unacknowledged_seconds(port).await;
 
     kafka.start().await.unwrap();
     eprintln!(
@@ -107,6 +125,11 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
         format_lsn(c0),
         "the slot was confirmed while Kafka was down (rows {written_at_c0} → {written_at_c1} \
          written meanwhile, none of them acknowledged)"
+    );
+    let waited = waited.unwrap();
+    assert!(
+        waited.is_some_and(|seconds| seconds >= 15.0),
+        "{UNACKNOWLEDGED} after 23 s without Kafka: {waited:?}"
     );
     if !producer_alive {
         panic!(
@@ -155,6 +178,11 @@ async fn nothing_is_confirmed_while_kafka_is_down_and_nothing_is_lost() {
         ),
         || async { Ok((context.confirmed_lsn().await? >= final_lsn).then_some(())) },
     )
+    .await
+    .unwrap();
+    eventually(WAIT, &format!("{UNACKNOWLEDGED} back at 0"), || async {
+        Ok((unacknowledged_seconds(port).await? == Some(0.0)).then_some(()))
+    })
     .await
     .unwrap();
 

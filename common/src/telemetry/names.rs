@@ -9,6 +9,8 @@ pub const PRODUCER_REPLICATION_LAG_BYTES: &str = "sluice_producer_replication_la
 pub const PRODUCER_CONFIRMED_LSN: &str = "sluice_producer_confirmed_lsn";
 pub const PRODUCER_KAFKA_ERRORS: &str = "sluice_producer_kafka_delivery_errors_total";
 pub const PRODUCER_IN_FLIGHT: &str = "sluice_producer_in_flight_messages";
+pub const PRODUCER_KAFKA_UNACKNOWLEDGED_SECONDS: &str =
+    "sluice_producer_kafka_unacknowledged_seconds";
 pub const PRODUCER_BACKFILL_ROWS: &str = "sluice_producer_backfill_rows_total";
 pub const PRODUCER_BACKFILL_ROWS_READ: &str = "sluice_producer_backfill_rows_read_total";
 pub const PRODUCER_BACKFILL_CHUNKS: &str = "sluice_producer_backfill_chunks_total";
@@ -52,6 +54,11 @@ pub fn describe() {
     describe_gauge!(
         PRODUCER_IN_FLIGHT,
         "Messages sent to Kafka and not acknowledged yet"
+    );
+    describe_gauge!(
+        PRODUCER_KAFKA_UNACKNOWLEDGED_SECONDS,
+        Unit::Seconds,
+        "How long messages have waited without Kafka acknowledging any (0 while acknowledgements come), every 5 s"
     );
     describe_counter!(
         PRODUCER_BACKFILL_ROWS,

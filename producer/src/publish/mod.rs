@@ -5,39 +5,89 @@
 //! librdkafka's delivery report hands it back to [`Checkpoint`], which decides what may be
 //! confirmed to Postgres. While Kafka is away messages wait inside librdkafka and the stream
 //! reader stops at `producer.max_in_flight_messages`, so memory stays bounded and nothing
-//! unacknowledged is ever confirmed.
+//! unacknowledged is ever confirmed. [`watch`] says so when that wait lasts.
+
+mod watch;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode as Code;
 use sluice_common::config::{CleanupPolicy, Config};
+use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
+use watch::{Seen, Watch};
 
 /// Timeout of admin and metadata requests.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often librdkafka reports its statistics, and so how often the [`watch`] looks.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
 struct DeliveryContext {
     checkpoint: Arc<Checkpoint>,
+    /// Messages Kafka acknowledged so far.
+    acknowledged: AtomicU64,
+    watch: Mutex<Watch>,
+    /// Set when a stall wants fresh metadata; [`Publisher::watch`] asks for it.
+    refresh: AtomicBool,
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn stats(&self, statistics: Statistics) {
+        let waiting = self.checkpoint.in_flight();
+        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
+        let seen = match self.watch.lock() {
+            Ok(mut watch) => watch.look(Instant::now(), acknowledged, waiting),
+            Err(_) => return,
+        };
+        metrics::gauge!(names::PRODUCER_KAFKA_UNACKNOWLEDGED_SECONDS)
+            .set(seen.waited().as_secs_f64());
+        match seen {
+            Seen::Stalled { waited, first } => {
+                if first {
+                    tracing::warn!(
+                        waiting,
+                        librdkafka = %watch::describe(&statistics),
+                        "Kafka acknowledged none of the messages waiting for it for {} s: nothing \
+                         after them is confirmed to Postgres, so nothing is lost; asking Kafka for \
+                         fresh metadata. If the brokers are up and this goes on, restart the \
+                         producer: it resumes from the slot's confirmed LSN",
+                        waited.as_secs()
+                    );
+                }
+                self.refresh.store(true, Ordering::Relaxed);
+            }
+            Seen::Resumed(waited) => tracing::info!(
+                waiting,
+                "Kafka acknowledges messages again, after {} s without",
+                waited.as_secs()
+            ),
+            Seen::Flowing | Seen::Waiting(_) => {}
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => self.checkpoint.delivered(seq as u64),
+            Ok(_) => {
+                self.acknowledged.fetch_add(1, Ordering::Relaxed);
+                self.checkpoint.delivered(seq as u64);
+            }
             Err((error, message)) => {
                 metrics::counter!(names::PRODUCER_KAFKA_ERRORS).increment(1);
                 use rdkafka::Message as _;
@@ -97,10 +147,17 @@ impl Publisher {
             ("queue.buffering.max.messages", queue.to_string()),
             ("queue.buffering.max.kbytes", "262144".to_owned()),
             ("client.id", crate::catalog::APPLICATION_NAME.to_owned()),
+            (
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            ),
         ];
         let producer = client_config(config, &settings)
             .create_with_context(DeliveryContext {
                 checkpoint: checkpoint.clone(),
+                acknowledged: AtomicU64::new(0),
+                watch: Mutex::new(Watch::new(Instant::now())),
+                refresh: AtomicBool::new(false),
             })
             .map_err(|e| {
                 Error::Setup(format!(
@@ -144,6 +201,43 @@ impl Publisher {
                     self.checkpoint.failed(reason.clone());
                     return Err(Error::KafkaFatal(reason));
                 }
+            }
+        }
+    }
+
+    /// Until `shutdown`: asks Kafka for fresh metadata whenever the delivery watch found a
+    /// stall (the answer updates the client's partition leaders).
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if !self
+                .producer
+                .context()
+                .refresh
+                .swap(false, Ordering::Relaxed)
+            {
+                continue;
+            }
+            let publisher = self.clone();
+            let answer = tokio::task::spawn_blocking(move || {
+                publisher
+                    .producer
+                    .client()
+                    .fetch_metadata(None, ADMIN_TIMEOUT)
+                    .map(|metadata| metadata.brokers().len())
+            })
+            .await;
+            match answer {
+                Ok(Ok(brokers)) => {
+                    tracing::info!(brokers, "fresh Kafka metadata while messages wait")
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "no fresh Kafka metadata while messages wait")
+                }
+                Err(_) => return,
             }
         }
     }
