@@ -68,6 +68,10 @@ if [ -n "$OTHER_CONSUMER" ]; then
   [ -x "$OTHER_CONSUMER" ] || die "BENCH_OTHER_CONSUMER: $OTHER_CONSUMER is not an executable"
   case " $SINKS " in *" other "*) ;; *) SINKS="$SINKS other" ;; esac
 fi
+# A sink named twice would be two sinks of one name in one config, which the consumer refuses.
+# shellcheck disable=SC2086 # split into one name per line on purpose
+dup=$(printf '%s\n' $SINKS | sort | uniq -d | head -1)
+[ -z "$dup" ] || die "BENCH_SINKS names $dup twice; each sink drains once per invocation"
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-60}
 DRAIN_TIMEOUT=${BENCH_DRAIN_TIMEOUT:-1800}
 SCRAPE=${BENCH_SCRAPE_INTERVAL:-0}
