@@ -35,6 +35,8 @@ struct State {
     queue: VecDeque<Transaction>,
     confirmable: u64,
     in_flight: usize,
+    /// Messages Kafka acknowledged so far.
+    acknowledged: u64,
     /// The first delivery that failed for good; the producer stops on it.
     failure: Option<String>,
 }
@@ -93,6 +95,7 @@ impl Checkpoint {
     /// Kafka acknowledged one message of transaction `seq`.
     pub fn delivered(&self, seq: u64) {
         self.with(|s| {
+            s.acknowledged += 1;
             if let Some(tx) = seq
                 .checked_sub(s.first_seq)
                 .and_then(|i| s.queue.get_mut(i as usize))
@@ -134,6 +137,11 @@ impl Checkpoint {
 
     pub fn in_flight(&self) -> usize {
         self.with(|s| s.in_flight)
+    }
+
+    /// Messages acknowledged so far, and messages sent and not acknowledged yet.
+    pub fn deliveries(&self) -> (u64, usize) {
+        self.with(|s| (s.acknowledged, s.in_flight))
     }
 
     pub fn failure(&self) -> Option<String> {

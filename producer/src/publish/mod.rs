@@ -10,7 +10,6 @@
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use sluice_common::config::{CleanupPolicy, Config};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
+use tokio::sync::Notify;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Error;
@@ -37,17 +37,14 @@ const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 struct DeliveryContext {
     checkpoint: Arc<Checkpoint>,
-    /// Messages Kafka acknowledged so far.
-    acknowledged: AtomicU64,
     watch: Mutex<Watch>,
-    /// Set when a stall wants fresh metadata; [`Publisher::watch`] asks for it.
-    refresh: AtomicBool,
+    /// Notified when a stall wants fresh metadata; [`Publisher::watch`] asks for it.
+    refresh: Notify,
 }
 
 impl ClientContext for DeliveryContext {
     fn stats(&self, statistics: Statistics) {
-        let waiting = self.checkpoint.in_flight();
-        let acknowledged = self.acknowledged.load(Ordering::Relaxed);
+        let (acknowledged, waiting) = self.checkpoint.deliveries();
         let seen = match self.watch.lock() {
             Ok(mut watch) => watch.look(Instant::now(), acknowledged, waiting),
             Err(_) => return,
@@ -67,7 +64,7 @@ impl ClientContext for DeliveryContext {
                         waited.as_secs()
                     );
                 }
-                self.refresh.store(true, Ordering::Relaxed);
+                self.refresh.notify_one();
             }
             Seen::Resumed(waited) => tracing::info!(
                 waiting,
@@ -84,10 +81,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => {
-                self.acknowledged.fetch_add(1, Ordering::Relaxed);
-                self.checkpoint.delivered(seq as u64);
-            }
+            Ok(_) => self.checkpoint.delivered(seq as u64),
             Err((error, message)) => {
                 metrics::counter!(names::PRODUCER_KAFKA_ERRORS).increment(1);
                 use rdkafka::Message as _;
@@ -155,9 +149,8 @@ impl Publisher {
         let producer = client_config(config, &settings)
             .create_with_context(DeliveryContext {
                 checkpoint: checkpoint.clone(),
-                acknowledged: AtomicU64::new(0),
                 watch: Mutex::new(Watch::new(Instant::now())),
-                refresh: AtomicBool::new(false),
+                refresh: Notify::new(),
             })
             .map_err(|e| {
                 Error::Setup(format!(
@@ -211,15 +204,7 @@ impl Publisher {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            if !self
-                .producer
-                .context()
-                .refresh
-                .swap(false, Ordering::Relaxed)
-            {
-                continue;
+                () = self.producer.context().refresh.notified() => {}
             }
             let publisher = self.clone();
             let answer = tokio::task::spawn_blocking(move || {
