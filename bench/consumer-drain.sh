@@ -26,7 +26,8 @@
 #      BENCH_OTHER_CONSUMER: a build of another commit or with another allocator, compared in
 #      the same invocation; naming BENCH_OTHER_CONSUMER adds `other` to the sinks). Timed from
 #      the process start until the group's committed offsets reach the end of every partition (polled every 200 ms; the consumer commits every second),
-#      then SIGTERM; the index must then hold BENCH_ROWS documents (`_count` after `_refresh`);
+#      then SIGTERM (a consumer that exits before that fails the run at once, with its log's
+#      tail); the index must then hold BENCH_ROWS documents (`_count` after `_refresh`);
 #   4. latency: the producer and a fresh consumer process (the `default` sink, its group at the
 #      end of the topic, its index recreated empty) run together; after a warm-up of 100 rows and
 #      one scrape of /metrics (see below), a PL/pgSQL loop commits 100 single-row transactions
@@ -432,7 +433,18 @@ for spec in "${SPECS[@]}"; do
     scraper "$WORK/consumer-$sink.log" "$SCRAPE" </dev/null >/dev/null 2>&1 &
     scrape_pid=$!
   fi
-  "$LOADER" wait-group "$BROKERS" "$TOPIC" "$IDX-$sink" "$DRAIN_TIMEOUT" 2>"$WORK/wait-$sink.err" || {
+  "$LOADER" wait-group "$BROKERS" "$TOPIC" "$IDX-$sink" "$DRAIN_TIMEOUT" 2>"$WORK/wait-$sink.err" &
+  waiter=$!
+  # A consumer that exits (a config it refuses, a crash) ends the wait at once, not at the timeout.
+  while kill -0 "$waiter" 2>/dev/null; do
+    if ! kill -0 "$TIMED_PID" 2>/dev/null; then
+      kill "$waiter" 2>/dev/null || true
+      tail -n 20 "$WORK/consumer-$sink.log" >&2
+      die "sink $sink: the consumer exited before it committed the whole topic"
+    fi
+    sleep 0.2
+  done
+  wait "$waiter" || {
     tail -n 20 "$WORK/consumer-$sink.log" >&2
     die "sink $sink did not commit the whole topic: $(tail -n 1 "$WORK/wait-$sink.err")"
   }
