@@ -435,12 +435,14 @@ for spec in "${SPECS[@]}"; do
   fi
   "$LOADER" wait-group "$BROKERS" "$TOPIC" "$IDX-$sink" "$DRAIN_TIMEOUT" 2>"$WORK/wait-$sink.err" &
   waiter=$!
+  PIDS+=("$waiter")
   # A consumer that exits (a config it refuses, a crash) ends the wait at once, not at the timeout.
   while kill -0 "$waiter" 2>/dev/null; do
     if ! kill -0 "$TIMED_PID" 2>/dev/null; then
-      kill "$waiter" 2>/dev/null || true
+      status=0
+      wait "$TIMED_PID" 2>/dev/null || status=$?
       tail -n 20 "$WORK/consumer-$sink.log" >&2
-      die "sink $sink: the consumer exited before it committed the whole topic"
+      die "sink $sink: the consumer exited (status $status) before it committed the whole topic; its log is above"
     fi
     sleep 0.2
   done
