@@ -4,19 +4,22 @@
 //! One chunk, as a worker sees it:
 //!
 //! ```text
-//!  wait until Kafka acknowledged the chunk before the previous one
+//!  wait until Kafka acknowledged all but the last few published chunks
 //!    ─▶ BEGIN; UPDATE progress (acknowledged chunks); LOW; COMMIT
 //!    ─▶ SELECT … WHERE key > last AND (condition) ORDER BY key LIMIT n
-//!    ─▶ hand the rows to the stream ─▶ HIGH ─▶ wait for the stream's Outcome at HIGH
+//!    ─▶ hand the rows to the stream ─▶ HIGH ─▶ the next chunk, from this one's last key
 //! ```
 //!
-//! The stream reports the Outcome before it publishes the rows, so the next chunk is read while
-//! this one is encoded and acknowledged (workers run on a thread of their own). Progress written
-//! with a low watermark is that of chunks Kafka has acknowledged, so a producer killed at any
-//! moment resumes at most two chunks back. Rows are read with the simple query
-//! protocol, which returns every value as its type's output function prints it: exactly the text
-//! pgoutput sends (both connections run with the same session settings), typed by the same
-//! parser as live changes. The rate limit is shared by all workers.
+//! Chunks follow each other without waiting for the stream: their windows never overlap (each
+//! LOW is written after the HIGH before it), and while the stream reaches chunk n's HIGH and
+//! publishes its rows, the worker already reads chunk n+1 (at most [`WINDOWS`] chunks ahead of
+//! the stream's outcomes; workers run on a thread of their own). A chunk the stream discarded
+//! is read again, and so is every chunk read after it, since each started at the end of the one
+//! before. Progress written with a low watermark is that of chunks Kafka has acknowledged, so a
+//! producer killed at any moment resumes at most `UNACKED + WINDOWS` chunks back. Rows are read
+//! with the simple query protocol, which returns every value as its type's output function
+//! prints it: exactly the text pgoutput sends (both connections run with the same session
+//! settings), typed by the same parser as live changes. The rate limit is shared by all workers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,7 @@ use sluice_common::config::Config;
 use sluice_common::retry::{self, Decision, Failure};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
+use tokio::sync::oneshot;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::control::{self, Job, literal};
@@ -38,9 +42,14 @@ use crate::error::Error;
 use crate::pgoutput::TypeKind;
 use crate::stream::MESSAGE_PREFIX;
 
-/// Chunks in flight: the next chunk is read while Kafka acknowledges the previous one, never
-/// further ahead, so a restart reads at most this many chunks again.
-const PIPELINE: usize = 2;
+/// Chunks read ahead of the stream: the next chunk is read while the stream has not reached the
+/// high watermark of the one before (a chunk's outcome takes about as long to come as a chunk
+/// takes to read), never further ahead.
+const WINDOWS: usize = 2;
+
+/// Published chunks Kafka may not have acknowledged yet when a low watermark is written: the
+/// progress it persists is at most this many chunks behind the ones being read.
+const UNACKED: usize = 2;
 
 /// How often the manager looks at the control table without being woken.
 const SCAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -210,6 +219,16 @@ async fn work(context: Arc<Context>, job: Job) {
     }
 }
 
+/// A chunk read, its high watermark written, its outcome still to come.
+struct Window<'a> {
+    id: ChunkId,
+    outcome: oneshot::Receiver<Outcome>,
+    _registered: Registered<'a>,
+    /// The key of its last row, and how many rows it read.
+    last_key: Vec<String>,
+    read: u64,
+}
+
 /// Removes a registered chunk when its worker stops waiting for it (error or shutdown).
 struct Registered<'a> {
     backfills: &'a Backfills,
@@ -272,11 +291,82 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     let mut types: HashMap<u32, (String, TypeKind)> = HashMap::new();
     let mut shape: Option<Arc<Shape>> = None;
     let mut long_running: HashSet<u64> = HashSet::new();
+    // Chunks between their watermarks whose outcome is not known yet, oldest first, and where
+    // the chunk after them starts.
+    let mut windows: VecDeque<Window<'_>> = VecDeque::new();
+    let mut next_key = state.read_key.clone();
+    let mut at_end = false;
     loop {
+        // Take in the outcomes that are known; wait for the oldest one while the window
+        // pipeline is full, or when nothing is left to read.
+        loop {
+            let wait = at_end || windows.len() >= WINDOWS;
+            let Some(front) = windows.front_mut() else {
+                break;
+            };
+            let outcome = if wait {
+                (&mut front.outcome).await.unwrap_or(Outcome::Discarded)
+            } else {
+                match front.outcome.try_recv() {
+                    Ok(outcome) => outcome,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => Outcome::Discarded,
+                }
+            };
+            let Some(window) = windows.pop_front() else {
+                break;
+            };
+            match outcome {
+                Outcome::Published { commit_lsn, rows } => {
+                    published.increment(1);
+                    state.read_key = Some(window.last_key);
+                    state.read_rows += window.read;
+                    state
+                        .unacked
+                        .push_back((commit_lsn, state.read_key.clone(), state.read_rows));
+                    let done = state.read_rows;
+                    let read = window.read;
+                    context.backfills.set_progress(state.id, |p| {
+                        p.rows_done = done;
+                        p.rows_this_run += read;
+                    });
+                    if let Some(total) = state.rows_total {
+                        remaining.set((total as f64 - done as f64).max(0.0));
+                    }
+                    tracing::debug!(
+                        backfill = state.id,
+                        chunk = window.id.chunk,
+                        read,
+                        published = rows,
+                        "chunk published"
+                    );
+                }
+                Outcome::Discarded => {
+                    // The chunks read after it start from its end: read them all again.
+                    discarded.increment(1);
+                    tracing::debug!(
+                        backfill = state.id,
+                        chunk = window.id.chunk,
+                        after = windows.len(),
+                        "chunk discarded: the stream reconnected inside its window, reading it again"
+                    );
+                    windows.clear();
+                    next_key.clone_from(&state.read_key);
+                    at_end = false;
+                }
+            }
+        }
+        if at_end {
+            // Every chunk up to the last key is published: finished once Kafka has them all.
+            acknowledged(context, state, 0).await?;
+            control::finish(&sql, state.id, state.acked_key.as_deref(), state.acked_rows).await?;
+            remaining.set(0.0);
+            return Ok(());
+        }
         context.limiter.acquire(limit).await;
         // Progress of acknowledged chunks goes with the next low watermark; wait only when the
-        // pipeline is full.
-        acknowledged(context, state, PIPELINE - 1).await?;
+        // acknowledgement pipeline is full.
+        acknowledged(context, state, UNACKED).await?;
         let current = describe(
             &sql,
             &context.config,
@@ -295,7 +385,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
         };
         state.next_chunk += 1;
         let outcome = context.backfills.register(id, &state.table);
-        let _registered = Registered {
+        let registered = Registered {
             backfills: &context.backfills,
             id,
         };
@@ -312,7 +402,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             &quoted,
             shape,
             &key_columns,
-            state.read_key.as_deref(),
+            next_key.as_deref(),
             state.end_key.as_deref(),
             condition.as_deref(),
             limit,
@@ -324,11 +414,10 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             .map_err(|e| Error::postgres(format!("reading a chunk of {}", state.table), e))?;
         let (rows, last_key) = parse_rows(shape, &messages);
         let Some(last_key) = last_key else {
-            // Nothing after the last key: finished once Kafka has every chunk.
-            acknowledged(context, state, 0).await?;
-            control::finish(&sql, state.id, state.acked_key.as_deref(), state.acked_rows).await?;
-            remaining.set(0.0);
-            return Ok(());
+            // Nothing after the last key (its registration ends here): done once every chunk
+            // before it is published.
+            at_end = true;
+            continue;
         };
         let read = rows.len() as u64;
         rows_read.increment(read);
@@ -348,40 +437,14 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
         ))
         .await
         .map_err(|e| Error::postgres("writing a high watermark", e))?;
-
-        match outcome.await.unwrap_or(Outcome::Discarded) {
-            Outcome::Published { commit_lsn, rows } => {
-                published.increment(1);
-                state.read_key = Some(last_key);
-                state.read_rows += read;
-                state
-                    .unacked
-                    .push_back((commit_lsn, state.read_key.clone(), state.read_rows));
-                let done = state.read_rows;
-                context.backfills.set_progress(state.id, |p| {
-                    p.rows_done = done;
-                    p.rows_this_run += read;
-                });
-                if let Some(total) = state.rows_total {
-                    remaining.set((total as f64 - done as f64).max(0.0));
-                }
-                tracing::debug!(
-                    backfill = state.id,
-                    chunk = id.chunk,
-                    read,
-                    published = rows,
-                    "chunk published"
-                );
-            }
-            Outcome::Discarded => {
-                discarded.increment(1);
-                tracing::debug!(
-                    backfill = state.id,
-                    chunk = id.chunk,
-                    "chunk discarded: the stream reconnected inside its window, reading it again"
-                );
-            }
-        }
+        next_key = Some(last_key.clone());
+        windows.push_back(Window {
+            id,
+            outcome,
+            _registered: registered,
+            last_key,
+            read,
+        });
     }
 }
 
