@@ -14,15 +14,15 @@
 #   2. L: `sluice-bulk-load sweep` (tests/src/bin/sluice-bulk-load.rs) reads the whole topic into
 #      memory, makes each event the document the consumer writes without a transform, and bulk-
 #      indexes the first BENCH_SAMPLE (default 100,000) documents into a fresh index for each
-#      batch size (500/1000/2000/5000) × concurrency (1/2/4), with plain `index` actions and gzip
-#      (as the consumer by default); then the best setting without gzip; then all documents with
+#      batch size (500/1000/2000/5000) × concurrency (1/2/4), with plain `index` actions and no gzip
+#      (as the consumer by default); then the best setting with gzip; then all documents with
 #      the best setting, with and without gzip. L is the better of those two full runs. Bodies
 #      are built before the clock starts; only the requests are timed;
 #   3. drains: target/release/sluice-consumer run --sink S under /usr/bin/time -v, one new group
-#      and fresh index per sink: `default` (batch_size 500, max_in_flight_requests 4, gzip), `tuned`
-#      (the loader's best batch size and concurrency, gzip) and `tuned-plain` (the same, gzip off);
-#      BENCH_SINKS picks some, and may also name `small` (the defaults with `batch_max_bytes`
-#      BENCH_SMALL_BYTES, default 1 MiB) and `other` (the defaults, drained by the binary
+#      and fresh index per sink: `default` (batch_size 500, max_in_flight_requests 4, no gzip),
+#      `tuned` (the loader's best batch size and concurrency) and `gzip` (the defaults with
+#      `gzip: true`); BENCH_SINKS picks some, and may also name `tuned-gzip` (tuned, gzip), `small`
+#      (the defaults with `batch_max_bytes` BENCH_SMALL_BYTES, default 1 MiB) and `other` (the defaults, drained by the binary
 #      BENCH_OTHER_CONSUMER: a build of another commit or with another allocator, compared in
 #      the same invocation; naming BENCH_OTHER_CONSUMER adds `other` to the sinks). Timed from
 #      the process start until the group's committed offsets reach the end of every partition (polled every 200 ms; the consumer commits every second),
@@ -48,7 +48,7 @@
 # sluice-producer -p sluice-consumer -p sluice-tests --bins` (not timed).
 # Knobs: BENCH_ROWS, BENCH_TARGET (elasticsearch, the default, with its API key; or opensearch),
 # BENCH_SAMPLE, BENCH_BATCHES (500,1000,2000,5000), BENCH_CONCURRENCY (1,2,4), BENCH_SINKS
-# ("default tuned tuned-plain"; also `small`, `other`), BENCH_SMALL_BYTES, BENCH_OTHER_CONSUMER
+# ("default tuned gzip"; also `tuned-gzip`, `small`, `other`), BENCH_SMALL_BYTES, BENCH_OTHER_CONSUMER
 # (see 3.), BENCH_LATENCY_SECONDS (0 skips the latency step),
 # BENCH_DRAIN_TIMEOUT (seconds, default 1800), BENCH_SCRAPE_INTERVAL (seconds; render the
 # consumer's /metrics this often during the drains, as a Prometheus server would; default 0: never), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
@@ -62,7 +62,7 @@ TARGET=${BENCH_TARGET:-elasticsearch}
 SAMPLE=${BENCH_SAMPLE:-100000}
 BATCHES=${BENCH_BATCHES:-500,1000,2000,5000}
 CONCURRENCY=${BENCH_CONCURRENCY:-1,2,4}
-SINKS=${BENCH_SINKS:-default tuned tuned-plain}
+SINKS=${BENCH_SINKS:-default tuned gzip}
 SMALL_BYTES=${BENCH_SMALL_BYTES:-1048576}
 OTHER_CONSUMER=${BENCH_OTHER_CONSUMER:-}
 if [ -n "$OTHER_CONSUMER" ]; then
@@ -309,7 +309,7 @@ log "loader sweep: $SAMPLE documents per trial, batches $BATCHES × concurrency 
 CLUSTER_PID=$(cat "$CLUSTER_PID_FILE" 2>/dev/null || echo '')
 watch_start
 BULK_ENDPOINT=$ENDPOINT BULK_API_KEY=$API_KEY BULK_INDEX_PREFIX="$IDX-bulk" BULK_SAMPLE=$SAMPLE \
-  BULK_BATCHES=$BATCHES BULK_CONCURRENCY=$CONCURRENCY BULK_GZIP=on BULK_FULL_GZIP=both \
+  BULK_BATCHES=$BATCHES BULK_CONCURRENCY=$CONCURRENCY BULK_GZIP=off BULK_FULL_GZIP=both \
   BULK_WATCH_PID=$CLUSTER_PID \
   /usr/bin/time -v -o "$WORK/loader.time" "$LOADER" sweep "$BROKERS" "$TOPIC" \
   >"$WORK/loader.out" 2>"$WORK/loader.err" || {
@@ -343,7 +343,8 @@ for sink in $SINKS; do
   case $sink in
     default) SPECS+=("default:::") ;;
     tuned) SPECS+=("tuned:$BEST_BATCH:$BEST_CONC:") ;;
-    tuned-plain) SPECS+=("tuned-plain:$BEST_BATCH:$BEST_CONC:false") ;;
+    tuned-gzip) SPECS+=("tuned-gzip:$BEST_BATCH:$BEST_CONC:true") ;;
+    gzip) SPECS+=("gzip:::true") ;;
     small) SPECS+=("small::::$SMALL_BYTES") ;;
     other)
       [ -n "$OTHER_CONSUMER" ] || die "sink other needs BENCH_OTHER_CONSUMER"
@@ -470,7 +471,7 @@ for spec in "${SPECS[@]}"; do
   rss=$(time_field "$WORK/consumer-$sink.time" 'Maximum resident set size (kbytes)')
   rate=$(calc "$N / $wall" 0)
   IFS=: read -r _ b f g m <<<"$spec"
-  RESULTS+=("| sluice-consumer \`$sink\` | ${b:-500}${m:+ (≤ $m bytes)} | ${f:-4} | ${g:-true} | $wall | $rate | **$(calc "$rate / $L" 2)** | $(calc "$rss / 1024" 1) | $(calc "$user + $sys" 1) | $(calc "${e1:-0} - ${e0:-0}" 1) | $(calc "${k1:-0} - ${k0:-0}" 1) | $dist |")
+  RESULTS+=("| sluice-consumer \`$sink\` | ${b:-500}${m:+ (≤ $m bytes)} | ${f:-4} | ${g:-false} | $wall | $rate | **$(calc "$rate / $L" 2)** | $(calc "$rss / 1024" 1) | $(calc "$user + $sys" 1) | $(calc "${e1:-0} - ${e0:-0}" 1) | $(calc "${k1:-0} - ${k0:-0}" 1) | $dist |")
   DETAILS+=("sink $sink: $requests bulk requests ($(if [ "${requests:-0}" -gt 0 ] 2>/dev/null; then calc "$N / $requests" 0; else echo '?'; fi) documents each on average); partitions assigned after ${assigned}s; consumer CPU at the end ${c_cpu}s (user ${user}s, sys ${sys}s over its life); index count $counted; $(grep -c 'WARN' "$WORK/consumer-$sink.log" || true) warnings in its log")
   es DELETE "$IDX-$sink-v1" >/dev/null || log "could not delete index $IDX-$sink-v1"
   log "sink $sink: ${wall}s, $rate documents/s, peak RSS $(calc "$rss / 1024" 1) MB"

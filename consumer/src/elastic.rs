@@ -2,8 +2,8 @@
 //! mean for it, and the delivery of a batch with its retries.
 //!
 //! ```text
-//!  deliver ──[BulkOp]──▶ request (NDJSON, gzip) ──client: POST /_bulk──▶ cluster
-//!  deliver ◀─[ItemResult]── response (typed, per item) ◀──────────────────┘
+//!  deliver ──[BulkOp]──▶ request (NDJSON, gzip if set) ──client: POST /_bulk──▶ cluster
+//!  deliver ◀─[ItemResult]── response (typed, per item) ◀─────────────────────────┘
 //! ```
 //!
 //! `client` is the transport (TLS, authentication, one request read to its end), `api` the calls,

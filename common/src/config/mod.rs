@@ -315,8 +315,9 @@ pub struct ElasticsearchConfig {
     /// Timeout of one request.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
-    /// Gzip request bodies.
-    #[serde(default = "default_true")]
+    /// Gzip request bodies: off by default, since compressing costs CPU on both ends and pays
+    /// only on a slow or metered link (docs/decisions.md).
+    #[serde(default)]
     pub gzip: bool,
     /// Retry backoff for 429, 5xx and timeouts: starts here, doubles, with jitter.
     #[serde(default = "default_retry_initial_backoff")]

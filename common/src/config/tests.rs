@@ -77,6 +77,7 @@ fn the_example_config_loads_with_defaults_and_secrets() {
     assert_eq!(config.kafka.cleanup_policy, CleanupPolicy::Compact);
     assert_eq!(config.sinks[0].elasticsearch.batch_size, 500);
     assert_eq!(config.sinks[0].elasticsearch.linger, DEFAULT_LINGER);
+    assert!(!config.sinks[0].elasticsearch.gzip);
     assert_eq!(
         config.sinks[0].actions,
         vec![Action::Insert, Action::Update, Action::Delete]

@@ -187,8 +187,10 @@ impl Client {
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            // Accept gzipped answers (bulk responses of big batches compress well).
-            .gzip(true);
+            // Gzipped answers only with gzipped requests: inflating each answer cost the consumer
+            // more than its small size saves on a fast link (a zlib state allocated and freed
+            // per response), and the cluster the compressing.
+            .gzip(config.gzip);
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|error| {
                 ElasticError::config(format!(

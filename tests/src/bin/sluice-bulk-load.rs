@@ -14,8 +14,9 @@
 //! best setting again over every document. Bodies are built (and gzipped) before the clock starts;
 //! only the requests are timed. Settings, from the environment: `BULK_ENDPOINT`, `BULK_API_KEY` or
 //! `BULK_USER`/`BULK_PASSWORD`, `BULK_INDEX_PREFIX`, `BULK_SAMPLE` (100000), `BULK_BATCHES`
-//! (`500,1000,2000,5000`), `BULK_CONCURRENCY` (`1,2,4`), `BULK_GZIP` (`on`: the sweep's bodies are
-//! gzipped, as the consumer's are by default; the best setting is then also tried with the other),
+//! (`500,1000,2000,5000`), `BULK_CONCURRENCY` (`1,2,4`), `BULK_GZIP` (`off`: the sweep's bodies are
+//! plain, as the consumer's are by default; `on` gzips them; the best setting is then also tried
+//! with the other),
 //! `BULK_FULL_GZIP` (`both`, `on` or `off`: the full runs) and `BULK_WATCH_PID` (a process, the
 //! cluster's JVM, whose CPU time each trial reports). One line per trial on stdout:
 //! `trial|full gzip=on batch=500 concurrency=2 docs=… seconds=… rate=… loader_cpu=… watched_cpu=…
@@ -428,7 +429,7 @@ async fn sweep(brokers: &str, topic: &str) -> anyhow::Result<()> {
     let sample: usize = std::env::var("BULK_SAMPLE").map_or(Ok(100_000), |v| v.parse())?;
     let batches = list("BULK_BATCHES", "500,1000,2000,5000")?;
     let concurrency = list("BULK_CONCURRENCY", "1,2,4")?;
-    let gzip = std::env::var("BULK_GZIP").map_or(true, |v| v != "off");
+    let gzip = std::env::var("BULK_GZIP").is_ok_and(|v| v == "on");
     let full_gzip = std::env::var("BULK_FULL_GZIP").unwrap_or_else(|_| "both".to_owned());
     let watch = std::env::var("BULK_WATCH_PID").ok();
     let watch = watch.as_deref();
