@@ -8,7 +8,7 @@
 //! document). An event in one of those cases waits until the batch in flight holding its
 //! document is done ([`InFlight::conflicts`]).
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +22,29 @@ use crate::stats::Outcome;
 
 /// A document identity: index and `_id`.
 pub type DocKey = (String, String);
+
+/// A document identity borrowed from an item, to look a [`DocKey`] up without copying it. It
+/// hashes exactly like the tuple.
+#[derive(Debug, Clone, Copy)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<DocKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &DocKey) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// Maps keyed by document, hashed with foldhash (SipHash was 2% of a drain's CPU). A
+/// document id comes from a row, so a table could be filled with ids that collide on purpose:
+/// foldhash is seeded per process, and a batch holds at most `batch_size` documents.
+type DocMap<V> = hashbrown::HashMap<DocKey, V>;
 
 /// What to write for a document.
 #[derive(Debug)]
@@ -84,6 +107,10 @@ impl Item {
         (self.doc.index.clone(), self.doc.id.clone())
     }
 
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef(&self.doc.index, &self.doc.id)
+    }
+
     /// What the item adds to a bulk body: a partial update is counted at the size of its event.
     fn bytes(&self) -> usize {
         let document = match &self.doc.write {
@@ -141,7 +168,7 @@ pub struct Letter {
 #[derive(Debug, Default)]
 pub struct Batch {
     items: Vec<Item>,
-    by_key: HashMap<DocKey, usize>,
+    by_key: DocMap<usize>,
     letters: Vec<Letter>,
     bytes: usize,
     opened: Option<Instant>,
@@ -170,7 +197,7 @@ impl Batch {
     pub fn push(&mut self, item: Item) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += item.bytes();
-        match self.by_key.get(&item.key()) {
+        match self.by_key.get(&item.key_ref()) {
             Some(&at) => {
                 let earlier = std::mem::replace(&mut self.items[at], item);
                 let item = &mut self.items[at];
@@ -213,33 +240,39 @@ impl Batch {
         self.by_key.clear();
         self.bytes = 0;
         self.opened = None;
-        (
-            std::mem::take(&mut self.items),
-            std::mem::take(&mut self.letters),
-        )
+        // The next batch is likely as big: no regrowing from empty.
+        let capacity = self.items.len();
+        let items = std::mem::replace(&mut self.items, Vec::with_capacity(capacity));
+        (items, std::mem::take(&mut self.letters))
     }
 }
 
 /// Documents in batches in flight: the highest version and how many batches hold each.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    keys: HashMap<DocKey, (u64, usize)>,
+    keys: DocMap<(u64, usize)>,
 }
 
 impl InFlight {
     /// Whether `item` must wait for a batch in flight: same document, and either the same
     /// version (one transaction; order decides) or a partial update (it reads the document).
     pub fn conflicts(&self, item: &Item) -> bool {
-        self.keys.get(&item.key()).is_some_and(|&(version, _)| {
+        self.keys.get(&item.key_ref()).is_some_and(|&(version, _)| {
             version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
         })
     }
 
     pub fn add(&mut self, items: &[Item]) {
         for item in items {
-            let entry = self.keys.entry(item.key()).or_insert((0, 0));
-            entry.0 = entry.0.max(item.doc.version);
-            entry.1 += 1;
+            match self.keys.get_mut(&item.key_ref()) {
+                Some(entry) => {
+                    entry.0 = entry.0.max(item.doc.version);
+                    entry.1 += 1;
+                }
+                None => {
+                    self.keys.insert(item.key(), (item.doc.version, 1));
+                }
+            }
         }
     }
 

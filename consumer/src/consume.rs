@@ -34,6 +34,7 @@ use crate::elastic::deliver::{self, Report};
 use crate::error::Error;
 use crate::event::KafkaPosition;
 use crate::offsets::{Slot, Tracker};
+use crate::plain;
 use crate::route::{self, Routing};
 use crate::sink::{Prepared, Shared};
 use crate::stats::{Outcome, now_micros};
@@ -204,16 +205,30 @@ impl Reader {
         Ok(())
     }
 
+    /// Settles one event.
     fn finish(&self, slot: Slot, outcome: Outcome, commit_micros: i64) {
+        self.finish_all(&[(slot, outcome, commit_micros)]);
+    }
+
+    /// Settles a batch's events: one lock, one clock reading, one count per outcome.
+    fn finish_all(&self, settled: &[(Slot, Outcome, i64)]) {
         if let Ok(mut tracker) = self.tracker.lock() {
-            tracker.done(slot);
+            for &(slot, _, _) in settled {
+                tracker.done(slot);
+            }
         }
         let stats = &self.shared.writer.stats;
-        stats.record(outcome, 1);
-        if commit_micros > 0 && matches!(outcome, Outcome::Indexed | Outcome::Deleted) {
-            #[allow(clippy::cast_precision_loss)] // seconds for a histogram
-            let seconds = (now_micros() - commit_micros).max(0) as f64 / 1e6;
-            stats.indexed_after_commit(seconds);
+        let mut counts = [0u64; Outcome::ALL.len()];
+        let now = now_micros();
+        for &(_, outcome, commit_micros) in settled {
+            counts[outcome.index()] += 1;
+            if commit_micros > 0 && matches!(outcome, Outcome::Indexed | Outcome::Deleted) {
+                #[allow(clippy::cast_precision_loss)] // seconds for a histogram
+                stats.indexed_after_commit((now - commit_micros).max(0) as f64 / 1e6);
+            }
+        }
+        for outcome in Outcome::ALL {
+            stats.record(outcome, counts[outcome.index()]);
         }
     }
 
@@ -281,9 +296,7 @@ impl Reader {
             Err(error) => return Err(error),
         };
         self.in_flight_keys.remove(report.keys);
-        for (slot, outcome, commit_micros) in report.settled {
-            self.finish(slot, outcome, commit_micros);
-        }
+        self.finish_all(&report.settled);
         Ok(())
     }
 
@@ -359,6 +372,18 @@ pub enum Routed {
 /// The stages of one message before the batch: decode, then route (actions, `_id`, index,
 /// filter, transform). The read loop and a redrive of dead letters both go through it.
 pub fn decode_and_route(
+    prepared: &Prepared,
+    payload: Option<&[u8]>,
+    kafka: KafkaPosition<'_>,
+) -> Routed {
+    if let Some((doc, commit_micros)) = payload.and_then(|p| plain::route(prepared, p)) {
+        return Routed::Write(doc, commit_micros);
+    }
+    decode_and_route_full(prepared, payload, kafka)
+}
+
+/// [`decode_and_route`] without the shortcut of a plain sink: the whole event is decoded.
+pub(crate) fn decode_and_route_full(
     prepared: &Prepared,
     payload: Option<&[u8]>,
     kafka: KafkaPosition<'_>,

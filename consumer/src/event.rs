@@ -109,7 +109,7 @@ pub fn record_json(columns: &[v1::Column]) -> Vec<u8> {
     out
 }
 
-fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+pub(crate) fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Writing a string or a Value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, value);
 }

@@ -21,6 +21,7 @@ mod error;
 pub mod event;
 mod kafka;
 pub mod offsets;
+mod plain;
 mod rebuild;
 mod replay;
 pub mod route;

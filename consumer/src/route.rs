@@ -145,16 +145,7 @@ fn without_toast_dependents(
 pub fn document_id(event: &ChangeEvent, id_columns: Option<&[String]>) -> Result<String, String> {
     let parts: Vec<String> =
         match id_columns {
-            None => {
-                if event.key.is_empty() {
-                    return Err("the event has no key columns".to_owned());
-                }
-                event
-                    .key
-                    .iter()
-                    .map(|c| id_part(&c.name, c.value.as_ref()))
-                    .collect::<Result<_, _>>()?
-            }
+            None => return document_id_of(&event.key),
             Some(names) => names
                 .iter()
                 .map(|name| {
@@ -168,8 +159,25 @@ pub fn document_id(event: &ChangeEvent, id_columns: Option<&[String]>) -> Result
                 })
                 .collect::<Result<_, _>>()?,
         };
-    if let [single] = parts.as_slice() {
-        return Ok(single.clone());
+    Ok(joined(parts))
+}
+
+/// The document `_id` made of the key columns.
+pub fn document_id_of(key: &[v1::Column]) -> Result<String, String> {
+    if key.is_empty() {
+        return Err("the event has no key columns".to_owned());
+    }
+    let parts: Vec<String> = key
+        .iter()
+        .map(|c| id_part(&c.name, c.value.as_ref()))
+        .collect::<Result<_, _>>()?;
+    Ok(joined(parts))
+}
+
+/// One id part as it is; several joined with `:`, with `:` and `\` escaped.
+fn joined(mut parts: Vec<String>) -> String {
+    if parts.len() == 1 {
+        return parts.swap_remove(0);
     }
     let mut id = String::new();
     for (i, part) in parts.iter().enumerate() {
@@ -183,7 +191,7 @@ pub fn document_id(event: &ChangeEvent, id_columns: Option<&[String]>) -> Result
             id.push(c);
         }
     }
-    Ok(id)
+    id
 }
 
 fn id_part(name: &str, value: Option<&v1::Value>) -> Result<String, String> {

@@ -52,7 +52,7 @@ impl Outcome {
         Self::Skipped,
     ];
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         match self {
             Self::Indexed => 0,
             Self::Deleted => 1,
