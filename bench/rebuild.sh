@@ -8,7 +8,7 @@
 #      BENCH_ROWS (default 1,000,000) rows and 20 probe rows (ids -1 … -20); the release producer
 #      backfills it into a fresh topic (3 partitions) and is left running;
 #   2. drain: the release consumer (the sink with default settings: batch_size 500, 4 requests in
-#      flight, gzip) starts on the full topic; timed until its group has committed every
+#      flight, no gzip) starts on the full topic; timed until its group has committed every
 #      partition's end. Drain rate = messages ÷ that time;
 #   3. a writer commits BENCH_WRITE_RATE (default 500) single-row updates/s of random rows for the
 #      rest of the run; after 10 s, `sluice-alias-probe` (tests/src/bin) measures commit →

@@ -7,7 +7,7 @@
 #   1. a fresh database with `items(id bigint primary key, name, email, amount numeric(12,2),
 #      quantity int, active bool, created_at timestamptz, note text)` (the rows of
 #      bench/consumer-drain.sh: about 480 bytes, note 384 hex characters), the release producer and
-#      consumer with the config defaults (6 partitions, batch_size 500, 4 requests in flight, gzip;
+#      consumer with the config defaults (6 partitions, batch_size 500, 4 requests in flight, no gzip;
 #      nothing set but the connections, names and the sink), started once for the whole run;
 #   2. warm-up (not measured): BENCH_PRELOAD (default 100,000) rows in transactions of 1,000 go
 #      through the pipeline until the group has committed them; /metrics of the consumer is then
