@@ -8,7 +8,7 @@
 //! document). An event in one of those cases waits until the batch in flight holding its
 //! document is done ([`InFlight::conflicts`]).
 
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher as _;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,28 +23,22 @@ use crate::stats::Outcome;
 /// A document identity: index and `_id`.
 pub type DocKey = (String, String);
 
-/// A document identity borrowed from an item, to look a [`DocKey`] up without copying it. It
-/// hashes exactly like the tuple.
-#[derive(Debug, Clone, Copy)]
+/// A document identity borrowed from an item, to find its entry without copying its index and
+/// id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct KeyRef<'a>(&'a str, &'a str);
 
-impl Hash for KeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.hash(state);
-        self.1.hash(state);
+/// Hashes document identities with foldhash (SipHash was 2% of a drain's CPU). A document id
+/// comes from a row, so a table could be filled with ids that collide on purpose: foldhash is
+/// seeded per process, and a batch holds at most `batch_size` documents.
+#[derive(Debug, Default)]
+struct KeyHasher(hashbrown::DefaultHashBuilder);
+
+impl KeyHasher {
+    fn hash(&self, key: KeyRef<'_>) -> u64 {
+        self.0.hash_one(key)
     }
 }
-
-impl hashbrown::Equivalent<DocKey> for KeyRef<'_> {
-    fn equivalent(&self, key: &DocKey) -> bool {
-        self.0 == key.0 && self.1 == key.1
-    }
-}
-
-/// Maps keyed by document, hashed with foldhash (SipHash was 2% of a drain's CPU). A
-/// document id comes from a row, so a table could be filled with ids that collide on purpose:
-/// foldhash is seeded per process, and a batch holds at most `batch_size` documents.
-type DocMap<V> = hashbrown::HashMap<DocKey, V>;
 
 /// What to write for a document.
 #[derive(Debug)]
@@ -168,7 +162,10 @@ pub struct Letter {
 #[derive(Debug, Default)]
 pub struct Batch {
     items: Vec<Item>,
-    by_key: DocMap<usize>,
+    /// Where each document's item is in `items`: indices hashed by the item's key, so the
+    /// batch keeps no copy of it.
+    by_key: hashbrown::HashTable<usize>,
+    hasher: KeyHasher,
     letters: Vec<Letter>,
     bytes: usize,
     opened: Option<Instant>,
@@ -197,10 +194,17 @@ impl Batch {
     pub fn push(&mut self, item: Item) {
         self.opened.get_or_insert_with(Instant::now);
         self.bytes += item.bytes();
-        match self.by_key.get(&item.key_ref()) {
+        let Self {
+            items,
+            by_key,
+            hasher,
+            ..
+        } = self;
+        let hash = hasher.hash(item.key_ref());
+        match by_key.find(hash, |&at| items[at].key_ref() == item.key_ref()) {
             Some(&at) => {
-                let earlier = std::mem::replace(&mut self.items[at], item);
-                let item = &mut self.items[at];
+                let earlier = std::mem::replace(&mut items[at], item);
+                let item = &mut items[at];
                 item.ticket.replaced.push(earlier.ticket.slot);
                 item.ticket.replaced.extend(earlier.ticket.replaced);
                 if let Write::Partial(partial) = &mut item.doc.write {
@@ -224,8 +228,8 @@ impl Batch {
                 }
             }
             None => {
-                self.by_key.insert(item.key(), self.items.len());
-                self.items.push(item);
+                by_key.insert_unique(hash, items.len(), |&at| hasher.hash(items[at].key_ref()));
+                items.push(item);
             }
         }
     }
@@ -250,42 +254,131 @@ impl Batch {
 /// Documents in batches in flight: the highest version and how many batches hold each.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    keys: DocMap<(u64, usize)>,
+    /// Entries by document; a freed entry is `None` until a new document reuses it.
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    /// Positions in `entries`, hashed by the entry's key.
+    by_key: hashbrown::HashTable<u32>,
+    hasher: KeyHasher,
 }
 
+#[derive(Debug)]
+struct Entry {
+    key: DocKey,
+    version: u64,
+    batches: usize,
+}
+
+impl Entry {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef(&self.key.0, &self.key.1)
+    }
+}
+
+/// The documents of one batch in flight, as [`InFlight::add`] recorded them: what
+/// [`InFlight::remove`] takes back when the batch is done.
+#[derive(Debug, Default)]
+pub struct Held(Vec<u32>);
+
 impl InFlight {
+    fn find(&self, key: KeyRef<'_>) -> Option<&Entry> {
+        let hash = self.hasher.hash(key);
+        let at = *self.by_key.find(hash, |&at| {
+            self.entries[at as usize]
+                .as_ref()
+                .is_some_and(|entry| entry.key_ref() == key)
+        })?;
+        self.entries[at as usize].as_ref()
+    }
+
     /// Whether `item` must wait for a batch in flight: same document, and either the same
     /// version (one transaction; order decides) or a partial update (it reads the document).
     pub fn conflicts(&self, item: &Item) -> bool {
-        self.keys.get(&item.key_ref()).is_some_and(|&(version, _)| {
-            version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
+        self.find(item.key_ref()).is_some_and(|entry| {
+            entry.version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
         })
     }
 
-    pub fn add(&mut self, items: &[Item]) {
+    /// Records the documents of a batch going out (each document once: a batch holds one item
+    /// per document).
+    pub fn add(&mut self, items: &[Item]) -> Held {
+        let mut held = Vec::with_capacity(items.len());
         for item in items {
-            match self.keys.get_mut(&item.key_ref()) {
-                Some(entry) => {
-                    entry.0 = entry.0.max(item.doc.version);
-                    entry.1 += 1;
+            let key = item.key_ref();
+            let hash = self.hasher.hash(key);
+            let Self {
+                entries,
+                free,
+                by_key,
+                hasher,
+            } = self;
+            let found = by_key.find(hash, |&at| {
+                entries[at as usize]
+                    .as_ref()
+                    .is_some_and(|entry| entry.key_ref() == key)
+            });
+            let at = match found {
+                Some(&at) => {
+                    if let Some(entry) = entries[at as usize].as_mut() {
+                        entry.version = entry.version.max(item.doc.version);
+                        entry.batches += 1;
+                    }
+                    at
                 }
                 None => {
-                    self.keys.insert(item.key(), (item.doc.version, 1));
+                    let entry = Entry {
+                        key: item.key(),
+                        version: item.doc.version,
+                        batches: 1,
+                    };
+                    let at = match free.pop() {
+                        Some(at) => {
+                            entries[at as usize] = Some(entry);
+                            at
+                        }
+                        None => {
+                            // At most the documents of `max_in_flight_requests` batches.
+                            let at = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+                            entries.push(Some(entry));
+                            at
+                        }
+                    };
+                    by_key.insert_unique(hash, at, |&at| {
+                        entries[at as usize]
+                            .as_ref()
+                            .map_or(0, |entry| hasher.hash(entry.key_ref()))
+                    });
+                    at
                 }
+            };
+            held.push(at);
+        }
+        Held(held)
+    }
+
+    /// The batch `held` describes is done.
+    pub fn remove(&mut self, held: Held) {
+        for at in held.0 {
+            let Some(entry) = self.entries.get_mut(at as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            entry.batches -= 1;
+            if entry.batches > 0 {
+                continue;
             }
+            let hash = self.hasher.hash(entry.key_ref());
+            if let Ok(found) = self.by_key.find_entry(hash, |&other| other == at) {
+                found.remove();
+            }
+            self.entries[at as usize] = None;
+            self.free.push(at);
         }
     }
 
-    /// A batch holding `keys` is done.
-    pub fn remove(&mut self, keys: Vec<DocKey>) {
-        for key in keys {
-            if let Some(entry) = self.keys.get_mut(&key) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    self.keys.remove(&key);
-                }
-            }
-        }
+    /// How many documents are in flight.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_key.len()
     }
 }
 
@@ -374,7 +467,7 @@ pub(crate) mod tests {
     fn same_version_and_partial_updates_wait_for_the_batch_in_flight() {
         let mut in_flight = InFlight::default();
         let sent = [item("1", 10, full(serde_json::json!({"a": 1})))];
-        in_flight.add(&sent);
+        let held = in_flight.add(&sent);
         // Same transaction (same version): order matters, versions cannot tell.
         let mut same = item("1", 99, full(serde_json::json!({"a": 2})));
         same.doc.version = 110;
@@ -385,8 +478,42 @@ pub(crate) mod tests {
         assert!(in_flight.conflicts(&item("1", 12, partial(serde_json::json!({"a": 3})))));
         // Another document does not wait.
         assert!(!in_flight.conflicts(&item("2", 10, partial(serde_json::json!({"a": 3})))));
-        in_flight.remove(vec![sent[0].key()]);
+        in_flight.remove(held);
         assert!(!in_flight.conflicts(&same));
+        assert_eq!(in_flight.len(), 0);
+    }
+
+    #[test]
+    fn a_document_in_two_batches_in_flight_is_held_until_both_are_done() {
+        let mut in_flight = InFlight::default();
+        let first = in_flight.add(&[
+            item("1", 10, full(serde_json::json!({"a": 1}))),
+            item("2", 11, full(serde_json::json!({"a": 1}))),
+        ]);
+        let second = in_flight.add(&[item("1", 20, full(serde_json::json!({"a": 2})))]);
+        // The highest version in flight is what a same-version event is compared with.
+        let mut same = item("1", 99, Write::Delete);
+        same.doc.version = 120;
+        assert!(in_flight.conflicts(&same));
+        in_flight.remove(first);
+        assert!(in_flight.conflicts(&same), "still in the second batch");
+        assert_eq!(in_flight.len(), 1);
+        in_flight.remove(second);
+        assert!(!in_flight.conflicts(&same));
+        // Freed entries are reused, and the documents found again.
+        let third = in_flight.add(&[
+            item("3", 30, full(serde_json::json!({"a": 3}))),
+            item("4", 31, full(serde_json::json!({"a": 4}))),
+            item("5", 32, full(serde_json::json!({"a": 5}))),
+        ]);
+        assert_eq!(in_flight.entries.len(), 3);
+        for (id, version) in [("3", 130), ("4", 131), ("5", 132)] {
+            let mut probe = item(id, 0, Write::Delete);
+            probe.doc.version = version;
+            assert!(in_flight.conflicts(&probe), "{id}");
+        }
+        in_flight.remove(third);
+        assert_eq!(in_flight.len(), 0);
     }
 
     #[test]

@@ -23,14 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinSet;
 
-use crate::batch::{Batch, Doc, InFlight, Item, Letter, Ticket};
+use crate::batch::{Batch, Doc, Held, InFlight, Item, Letter, Ticket};
 use crate::dead_letter::{DeadLetter, Original};
 use crate::decode::{self, Decoded};
 use crate::elastic::deliver::{self, Report};
@@ -53,6 +53,9 @@ const IDLE_GAP: Duration = Duration::from_millis(2);
 /// Messages taken in one turn of the read loop when they are already fetched: about half a
 /// millisecond of work, so settling a finished batch never waits longer.
 const BURST: usize = 64;
+
+/// The smallest chunk message bytes are copied into: about a hundred events of a usual row.
+const ARENA_CHUNK: usize = 64 * 1024;
 
 /// A message copied out of the client's buffer (borrowed messages must not outlive the
 /// consumer, and must not be held across awaits).
@@ -77,8 +80,10 @@ pub struct Reader {
     shared: Arc<Shared>,
     tracker: Arc<Mutex<Tracker>>,
     batch: Batch,
-    in_flight: JoinSet<Result<Report, Error>>,
+    in_flight: JoinSet<Result<(Report, Held), Error>>,
     in_flight_keys: InFlight,
+    /// Where message keys and values are copied out of librdkafka's buffers (see [`copy`]).
+    arena: BytesMut,
 }
 
 impl Reader {
@@ -89,6 +94,7 @@ impl Reader {
             batch: Batch::default(),
             in_flight: JoinSet::new(),
             in_flight_keys: InFlight::default(),
+            arena: BytesMut::new(),
         }
     }
 
@@ -175,8 +181,10 @@ impl Reader {
             Ok(message) => Received {
                 partition: message.partition(),
                 offset: message.offset(),
-                key: message.key().map(Bytes::copy_from_slice),
-                payload: message.payload().map(Bytes::copy_from_slice),
+                key: message.key().map(|key| copy(&mut self.arena, key)),
+                payload: message
+                    .payload()
+                    .map(|payload| copy(&mut self.arena, payload)),
             },
             Err(error) => {
                 tracing::warn!(sink = %self.shared.prepared.config.name, %error, "kafka consumer error");
@@ -298,9 +306,12 @@ impl Reader {
             return;
         }
         let (items, letters) = self.batch.take();
-        self.in_flight_keys.add(&items);
-        self.in_flight
-            .spawn(write_batch(self.shared.clone(), items, letters));
+        let held = self.in_flight_keys.add(&items);
+        let shared = self.shared.clone();
+        self.in_flight.spawn(async move {
+            let report = write_batch(shared, items, letters).await?;
+            Ok((report, held))
+        });
     }
 
     /// Waits for every batch in flight.
@@ -313,14 +324,14 @@ impl Reader {
 
     fn settle(
         &mut self,
-        joined: Result<Result<Report, Error>, tokio::task::JoinError>,
+        joined: Result<Result<(Report, Held), Error>, tokio::task::JoinError>,
     ) -> Result<(), Error> {
-        let report = match joined? {
-            Ok(report) => report,
+        let (report, held) = match joined? {
+            Ok(done) => done,
             Err(Error::Interrupted) => return Ok(()),
             Err(error) => return Err(error),
         };
-        self.in_flight_keys.remove(report.keys);
+        self.in_flight_keys.remove(held);
         self.finish_all(&report.settled);
         Ok(())
     }
@@ -382,6 +393,17 @@ async fn write_batch(
     Ok(report)
 }
 
+/// Copies message bytes into `arena`, a shared chunk of at least [`ARENA_CHUNK`] bytes: one
+/// allocation for many messages instead of one per key and one per value. A chunk is freed when
+/// the last message copied into it is settled.
+fn copy(arena: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if arena.capacity() < bytes.len() {
+        arena.reserve(bytes.len().max(ARENA_CHUNK));
+    }
+    arena.extend_from_slice(bytes);
+    arena.split().freeze()
+}
+
 /// What decode and route make of one message value.
 #[derive(Debug)]
 pub enum Routed {
@@ -435,5 +457,29 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_bytes_are_copied_whole_into_shared_chunks() {
+        let mut arena = BytesMut::new();
+        let small: Vec<Bytes> = (0..100u8).map(|n| copy(&mut arena, &[n; 300])).collect();
+        for (n, bytes) in (0..100u8).zip(&small) {
+            assert_eq!(bytes.as_ref(), [n; 300].as_slice());
+        }
+        // A value larger than a chunk is copied whole, and later ones still fit.
+        let large = vec![7u8; 3 * ARENA_CHUNK];
+        assert_eq!(copy(&mut arena, &large), large);
+        assert_eq!(copy(&mut arena, b"after").as_ref(), b"after");
+        // Dropping earlier copies leaves the later ones intact (the chunk is shared).
+        let kept = copy(&mut arena, &[9; 100]);
+        drop(small);
+        assert_eq!(copy(&mut arena, &[1; 100]).as_ref(), [1; 100].as_slice());
+        assert_eq!(kept.as_ref(), [9; 100].as_slice());
     }
 }

@@ -166,7 +166,7 @@ pub type Stored = Option<(u64, Map<String, Value>)>;
 pub trait BulkWriter: Send + Sync + 'static {
     fn bulk(
         &self,
-        ops: &[BulkOp],
+        ops: &[&BulkOp],
     ) -> impl Future<Output = Result<Vec<ItemResult>, ElasticError>> + Send;
 
     fn mget(
@@ -188,7 +188,7 @@ pub trait BulkWriter: Send + Sync + 'static {
 impl BulkWriter for Client {
     fn bulk(
         &self,
-        ops: &[BulkOp],
+        ops: &[&BulkOp],
     ) -> impl Future<Output = Result<Vec<ItemResult>, ElasticError>> + Send {
         Client::bulk(self, ops)
     }

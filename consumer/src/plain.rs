@@ -83,7 +83,11 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     fn parse(mut bytes: &'a [u8]) -> Option<Self> {
-        let mut view = Self::default();
+        let mut view = Self {
+            // Room for a usual row: no regrowing the list column by column.
+            record: Vec::with_capacity(16),
+            ..Self::default()
+        };
         let mut seen = 0u32;
         while !bytes.is_empty() {
             let (field, wire) = tag(&mut bytes)?;

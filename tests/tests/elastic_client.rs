@@ -145,7 +145,7 @@ async fn bulk_scenario(cluster: Cluster, test: &str, gzip: bool) {
         .await
         .unwrap();
 
-    assert_eq!(client.bulk(&[]).await.unwrap(), []);
+    assert_eq!(client.bulk::<BulkOp>(&[]).await.unwrap(), []);
 
     let results = client
         .bulk(&[

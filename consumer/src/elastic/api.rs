@@ -1,5 +1,7 @@
 //! The calls the sink makes, each one request (or a scroll of them) through the transport.
 
+use std::borrow::Borrow;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -147,14 +149,19 @@ impl Client {
 
     /// One `_bulk` request. The results are in the order of `ops`, one per operation. An empty
     /// `ops` makes no request.
-    pub async fn bulk(&self, ops: &[BulkOp]) -> Result<Vec<ItemResult>, ElasticError> {
-        let mut results: Vec<Option<ItemResult>> = ops.iter().map(BulkOp::refusal).collect();
-        let sendable: Vec<&BulkOp> = ops
-            .iter()
-            .zip(&results)
-            .filter(|(_, refused)| refused.is_none())
-            .map(|(op, _)| op)
-            .collect();
+    pub async fn bulk<O: Borrow<BulkOp> + Sync>(
+        &self,
+        ops: &[O],
+    ) -> Result<Vec<ItemResult>, ElasticError> {
+        let mut results: Vec<Option<ItemResult>> =
+            ops.iter().map(|op| op.borrow().refusal()).collect();
+        let mut sendable: Vec<&BulkOp> = Vec::with_capacity(ops.len());
+        sendable.extend(
+            ops.iter()
+                .zip(&results)
+                .filter(|(_, refused)| refused.is_none())
+                .map(|(op, _)| op.borrow()),
+        );
         if !sendable.is_empty() {
             let body = request::bulk_body(&sendable)?;
             let mut url = self.url(&["_bulk"])?;

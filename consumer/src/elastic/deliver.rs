@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::Classify;
 use super::{BulkOp, BulkWriter, ElasticError, ItemResult, Stored};
-use crate::batch::{DocKey, Item, Partial, Ready, Ticket};
+use crate::batch::{Item, Partial, Ready, Ticket};
 use crate::dead_letter::DeadLetter;
 use crate::error::{Action, Error};
 use crate::offsets::Slot;
@@ -46,8 +46,6 @@ impl<W> Writer<W> {
 pub struct Report {
     /// Final outcomes: slot, outcome, commit time of the event (0 when unknown).
     pub settled: Vec<(Slot, Outcome, i64)>,
-    /// The documents of the batch (they no longer hold later events back).
-    pub keys: Vec<DocKey>,
     /// Items the cluster rejected (or that cannot be completed): to send to the dead-letter
     /// topic, then settle as dead-lettered.
     pub letters: Vec<(Ticket, DeadLetter)>,
@@ -66,10 +64,7 @@ impl Report {
 
 /// Writes one batch (see the module documentation).
 pub async fn deliver<W: BulkWriter>(writer: &Writer<W>, items: Vec<Item>) -> Result<Report, Error> {
-    let mut report = Report {
-        keys: items.iter().map(Item::key).collect(),
-        ..Report::default()
-    };
+    let mut report = Report::default();
     let mut ready = Vec::with_capacity(items.len());
     let mut partials = Vec::new();
     for item in items {
@@ -221,7 +216,7 @@ async fn attempt<W: BulkWriter, T: HasOp>(
     mut round: Round<T>,
 ) -> Result<Finished<T>, (Round<T>, Unsettled)> {
     round.attempt += 1;
-    let ops: Vec<BulkOp> = round.pending.iter().map(|item| item.op().clone()).collect();
+    let ops: Vec<&BulkOp> = round.pending.iter().map(HasOp::op).collect();
     let started = Instant::now();
     let results = match writer.bulk.bulk(&ops).await {
         Ok(results) => results,

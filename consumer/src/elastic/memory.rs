@@ -166,7 +166,7 @@ fn matches(pattern: &str, name: &str) -> bool {
 impl BulkWriter for MemoryIndex {
     fn bulk(
         &self,
-        ops: &[BulkOp],
+        ops: &[&BulkOp],
     ) -> impl Future<Output = Result<Vec<ItemResult>, ElasticError>> + Send {
         let mut state = self.state();
         state.requests.push(ops.len());
