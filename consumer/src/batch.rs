@@ -254,17 +254,16 @@ impl Batch {
 /// Documents in batches in flight: the highest version and how many batches hold each.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    /// Entries by document; a freed entry is `None` until a new document reuses it.
-    entries: Vec<Option<Entry>>,
-    free: Vec<u32>,
-    /// Positions in `entries`, hashed by the entry's key.
-    by_key: hashbrown::HashTable<u32>,
+    entries: hashbrown::HashTable<Entry>,
     hasher: KeyHasher,
+    /// Numbers the entries, so a batch can name its own when it is done.
+    next_id: u64,
 }
 
 #[derive(Debug)]
 struct Entry {
     key: DocKey,
+    id: u64,
     version: u64,
     batches: usize,
 }
@@ -275,28 +274,21 @@ impl Entry {
     }
 }
 
-/// The documents of one batch in flight, as [`InFlight::add`] recorded them: what
-/// [`InFlight::remove`] takes back when the batch is done.
+/// The documents of one batch in flight, as [`InFlight::add`] recorded them (hash and entry
+/// id of each): what [`InFlight::remove`] takes back when the batch is done.
 #[derive(Debug, Default)]
-pub struct Held(Vec<u32>);
+pub struct Held(Vec<(u64, u64)>);
 
 impl InFlight {
-    fn find(&self, key: KeyRef<'_>) -> Option<&Entry> {
-        let hash = self.hasher.hash(key);
-        let at = *self.by_key.find(hash, |&at| {
-            self.entries[at as usize]
-                .as_ref()
-                .is_some_and(|entry| entry.key_ref() == key)
-        })?;
-        self.entries[at as usize].as_ref()
-    }
-
     /// Whether `item` must wait for a batch in flight: same document, and either the same
     /// version (one transaction; order decides) or a partial update (it reads the document).
     pub fn conflicts(&self, item: &Item) -> bool {
-        self.find(item.key_ref()).is_some_and(|entry| {
-            entry.version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
-        })
+        let key = item.key_ref();
+        self.entries
+            .find(self.hasher.hash(key), |entry| entry.key_ref() == key)
+            .is_some_and(|entry| {
+                entry.version == item.doc.version || matches!(item.doc.write, Write::Partial(_))
+            })
     }
 
     /// Records the documents of a batch going out (each document once: a batch holds one item
@@ -306,79 +298,49 @@ impl InFlight {
         for item in items {
             let key = item.key_ref();
             let hash = self.hasher.hash(key);
-            let Self {
-                entries,
-                free,
-                by_key,
-                hasher,
-            } = self;
-            let found = by_key.find(hash, |&at| {
-                entries[at as usize]
-                    .as_ref()
-                    .is_some_and(|entry| entry.key_ref() == key)
-            });
-            let at = match found {
-                Some(&at) => {
-                    if let Some(entry) = entries[at as usize].as_mut() {
-                        entry.version = entry.version.max(item.doc.version);
-                        entry.batches += 1;
-                    }
-                    at
+            let id = match self.entries.find_mut(hash, |entry| entry.key_ref() == key) {
+                Some(entry) => {
+                    entry.version = entry.version.max(item.doc.version);
+                    entry.batches += 1;
+                    entry.id
                 }
                 None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
                     let entry = Entry {
                         key: item.key(),
+                        id,
                         version: item.doc.version,
                         batches: 1,
                     };
-                    let at = match free.pop() {
-                        Some(at) => {
-                            entries[at as usize] = Some(entry);
-                            at
-                        }
-                        None => {
-                            // At most the documents of `max_in_flight_requests` batches.
-                            let at = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-                            entries.push(Some(entry));
-                            at
-                        }
-                    };
-                    by_key.insert_unique(hash, at, |&at| {
-                        entries[at as usize]
-                            .as_ref()
-                            .map_or(0, |entry| hasher.hash(entry.key_ref()))
-                    });
-                    at
+                    let hasher = &self.hasher;
+                    self.entries
+                        .insert_unique(hash, entry, |entry| hasher.hash(entry.key_ref()));
+                    id
                 }
             };
-            held.push(at);
+            held.push((hash, id));
         }
         Held(held)
     }
 
     /// The batch `held` describes is done.
     pub fn remove(&mut self, held: Held) {
-        for at in held.0 {
-            let Some(entry) = self.entries.get_mut(at as usize).and_then(Option::as_mut) else {
-                continue;
-            };
-            entry.batches -= 1;
-            if entry.batches > 0 {
-                continue;
+        for (hash, id) in held.0 {
+            if let Ok(mut found) = self.entries.find_entry(hash, |entry| entry.id == id) {
+                let entry = found.get_mut();
+                entry.batches -= 1;
+                if entry.batches == 0 {
+                    found.remove();
+                }
             }
-            let hash = self.hasher.hash(entry.key_ref());
-            if let Ok(found) = self.by_key.find_entry(hash, |&other| other == at) {
-                found.remove();
-            }
-            self.entries[at as usize] = None;
-            self.free.push(at);
         }
     }
 
     /// How many documents are in flight.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_key.len()
+        self.entries.len()
     }
 }
 
@@ -500,13 +462,13 @@ pub(crate) mod tests {
         assert_eq!(in_flight.len(), 1);
         in_flight.remove(second);
         assert!(!in_flight.conflicts(&same));
-        // Freed entries are reused, and the documents found again.
+        // Documents added after others were released are found again.
         let third = in_flight.add(&[
             item("3", 30, full(serde_json::json!({"a": 3}))),
             item("4", 31, full(serde_json::json!({"a": 4}))),
             item("5", 32, full(serde_json::json!({"a": 5}))),
         ]);
-        assert_eq!(in_flight.entries.len(), 3);
+        assert_eq!(in_flight.len(), 3);
         for (id, version) in [("3", 130), ("4", 131), ("5", 132)] {
             let mut probe = item(id, 0, Write::Delete);
             probe.doc.version = version;

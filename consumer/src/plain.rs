@@ -5,9 +5,10 @@
 //! the `ChangeEvent`: the operation, the commit LSN and time, the key columns and the record.
 //! Decoding the whole event first made a `String` of every column name, type name and text
 //! value, and freed them all once the document was written (the allocator took about a third
-//! of the consumer's CPU in a drain, these strings a good part of it). Here the record's JSON is written from slices of the message,
-//! and only the key columns and the rare value kinds that need more than copying (numerics,
-//! doubles, bytes, json, arrays) are decoded, by the same code as the full path.
+//! of the consumer's CPU in a drain, these strings a good part of it). Here the record's JSON
+//! is written from slices of the message, and only the key columns and the rare value kinds
+//! that need more than copying (numerics, doubles, bytes, json, arrays) are decoded, by the
+//! same code as the full path.
 //!
 //! Anything this reader does not expect (an unknown or repeated field, a wire type that does
 //! not match, unchanged TOAST columns, a TRUNCATE, a newer schema version, an action the sink
