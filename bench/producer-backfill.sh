@@ -9,8 +9,9 @@
 #      500 bytes per row on the wire; then VACUUM ANALYZE, so neither reader sets hint bits;
 #   2. COPY (SELECT id, payload FROM rows ORDER BY id) TO STDOUT (FORMAT binary) > /dev/null with
 #      psql, twice (the first warms the cache); the second is the read limit;
-#   3. target/release/sluice-producer run with `backfill: true` on the table (chunk size
-#      BENCH_CHUNK, default 10000; 6 partitions; no rate limit) under /usr/bin/time -v, until
+#   3. target/release/sluice-producer run with `backfill: true` on the table (the config's
+#      chunk sizing unless BENCH_CHUNK sets `backfill_chunk_size` (rows, at most) or
+#      BENCH_CHUNK_BYTES `backfill_chunk_bytes`; 6 partitions; no rate limit) under /usr/bin/time -v, until
 #      sluice.backfills says `done` (polled every 200 ms); the backfill's rate is rows / the
 #      time between the producer's start and `done`; then SIGTERM and the peak RSS;
 #   4. the topic's messages are counted (they must be BENCH_ROWS), then the slot, the database
@@ -25,7 +26,7 @@
 # Needs Postgres and Kafka from deploy/local (`eval "$(deploy/local/up.sh postgres kafka)"`);
 # their SLUICE_TEST_* variables are read from the environment or from the running services.
 # Builds the producer with `cargo build --release -p sluice-producer` (not timed).
-# Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_COMPRESSION (`kafka.compression`, default lz4 as the config's), BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
+# Knobs: BENCH_ROWS, BENCH_CHUNK, BENCH_CHUNK_BYTES, BENCH_COMPRESSION (`kafka.compression`, default lz4 as the config's), BENCH_SSLMODE (default verify-ca with the test CA; `disable` for
 # plain TCP), BENCH_TIMEOUT (seconds, default 3600), BENCH_QUIET_TIMEOUT (see bench/lib.sh),
 # BENCH_LOG_DIR (keep the producer log and time -v report there), BENCH_PERF (a file: record a
 # `perf record -g` profile of the producer during the backfill there; the run is then not a clean
@@ -35,7 +36,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 N=${BENCH_ROWS:-5000000}
-CHUNK=${BENCH_CHUNK:-10000}
+CHUNK=${BENCH_CHUNK:-}
+CHUNK_BYTES=${BENCH_CHUNK_BYTES:-}
+# What the log and the report say about the chunks: the config's defaults unless set.
+CHUNKS="backfill_chunk_size ${CHUNK:-default}, backfill_chunk_bytes ${CHUNK_BYTES:-default}"
 COMPRESSION=${BENCH_COMPRESSION:-lz4}
 SSLMODE=${BENCH_SSLMODE:-verify-ca}
 TIMEOUT=${BENCH_TIMEOUT:-3600}
@@ -145,12 +149,13 @@ tables:
   - name: public.rows
     backfill: true
 producer:
-  backfill_chunk_size: $CHUNK
+$([ -z "$CHUNK" ] || echo "  backfill_chunk_size: $CHUNK")
+$([ -z "$CHUNK_BYTES" ] || echo "  backfill_chunk_bytes: $CHUNK_BYTES")
   status_interval: 1s
 YAML
 CLEAN_SLOT=$slot CLEAN_TOPIC=$topic
 wait_quiet
-log "sluice-producer: backfill of $N rows, chunks of $CHUNK"
+log "sluice-producer: backfill of $N rows, $CHUNKS"
 watch_start
 s_pg0=$(postgres_cpu) s_kafka0=$(kafka_cpu)
 t0=$(now)
@@ -224,7 +229,7 @@ fi
 echo
 machine_info
 echo "source:  $SOURCE_STATE"
-echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; chunks of $CHUNK rows; compression $COMPRESSION"
+echo "table:   $N rows of ~500 bytes ($table_mb MB), filled in ${fill_s}s; sslmode=$SSLMODE; $CHUNKS; compression $COMPRESSION"
 echo
 echo "| reader | wall (s) | rows/s | ÷ COPY | CPU s (user+sys) | peak RSS (MB) | Postgres CPU (s) | Kafka broker CPU (s) | cores busy (reader + Postgres + Kafka) | other builds/tests running |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"

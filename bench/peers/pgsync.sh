@@ -18,8 +18,8 @@
 #          rev = 1 reaches BENCH_CHANGES (polled every 500 ms; the index refreshes every second),
 #          then `_count` must still be BENCH_ROWS; then SIGTERM, `bootstrap --teardown` and the
 #          index is deleted;
-#   3. sluice (release builds), 6 partitions, otherwise their defaults (backfill chunks of 2,000
-#      rows; sink batch 500, 4 requests in flight, no gzip):
+#   3. sluice (release builds), 6 partitions, otherwise their defaults (backfill chunks of 2 MiB,
+#      at most 10,000 rows; sink batch 500, 4 requests in flight, no gzip):
 #      (a) sluice-producer run with `backfill: true` and sluice-consumer run, both started at
 #          once under /usr/bin/time -v, timed until the index's `_count` reaches BENCH_ROWS
 #          (polled every 500 ms), checked after `_refresh`; then both get SIGTERM;
@@ -410,7 +410,7 @@ echo
 machine_info
 echo "source:   $SOURCE_STATE"
 echo "versions: PGSync $PGSYNC_REPORTED (Python $PY_VERSION, opensearch-py $OS_CLIENT), Redis $REDIS_VERSION; OpenSearch $CLUSTER_VERSION; PostgreSQL $PG_VERSION"
-echo "settings: PGSync defaults (OPENSEARCH=True; 2 workers, query chunks of 10,000, bulk chunks of 5,000); sluice defaults (backfill chunks of 2,000; sink batch 500, 4 in flight, no gzip), 6 partitions; TLS verify-ca to Postgres for both"
+echo "settings: PGSync defaults (OPENSEARCH=True; 2 workers, query chunks of 10,000, bulk chunks of 5,000); sluice defaults (backfill chunks of 2 MiB, at most 10,000 rows; sink batch 500, 4 in flight, no gzip), 6 partitions; TLS verify-ca to Postgres for both"
 echo "table:    $N rows of ~$ROW_BYTES bytes ($TABLE_MB MB), filled in ${FILL_S}s; changes: $M single-row UPDATE transactions by $WRITERS writer sessions (synchronous_commit=off)"
 echo
 echo "(a) initial sync, until the index holds every row"

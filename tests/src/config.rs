@@ -193,6 +193,10 @@ impl ConfigBuilder {
         self.producer_field("backfill_chunk_size", json!(rows))
     }
 
+    pub fn backfill_chunk_bytes(self, bytes: u64) -> Self {
+        self.producer_field("backfill_chunk_bytes", json!(bytes))
+    }
+
     pub fn backfill_max_rows_per_second(self, rows: u32) -> Self {
         self.producer_field("backfill_max_rows_per_second", json!(rows))
     }

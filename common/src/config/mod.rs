@@ -34,7 +34,9 @@ pub const DEFAULT_PARTITIONS: i32 = 6;
 pub const DEFAULT_STATUS_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
 pub const DEFAULT_HEARTBEAT_INTERVAL: HumanDuration = HumanDuration::from_secs(30);
 pub const DEFAULT_MAX_IN_FLIGHT_MESSAGES: usize = 20_000;
-pub const DEFAULT_BACKFILL_CHUNK_SIZE: u32 = 2_000;
+pub const DEFAULT_BACKFILL_CHUNK_SIZE: u32 = 10_000;
+/// Default memory of one backfill chunk's rows (2 MiB).
+pub const DEFAULT_BACKFILL_CHUNK_BYTES: u64 = 2 * 1024 * 1024;
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 /// Elasticsearch refuses bulk requests far above this; 10,000 documents is the cap we allow.
 pub const MAX_BATCH_SIZE: usize = 10_000;
@@ -211,9 +213,13 @@ pub struct ProducerConfig {
     /// Messages sent to Kafka but not acknowledged yet; reading the WAL pauses at this many.
     #[serde(default = "default_max_in_flight_messages")]
     pub max_in_flight_messages: usize,
-    /// Rows per backfill chunk.
+    /// Rows per backfill chunk, at most.
     #[serde(default = "default_backfill_chunk_size")]
     pub backfill_chunk_size: u32,
+    /// About how much memory one chunk's rows take: chunks hold as many rows as fit, at the size
+    /// of the rows read before, up to `backfill_chunk_size`.
+    #[serde(default = "default_backfill_chunk_bytes")]
+    pub backfill_chunk_bytes: u64,
     /// Upper bound on backfilled rows per second, all tables together; unlimited when unset.
     #[serde(default)]
     pub backfill_max_rows_per_second: Option<u32>,
@@ -226,6 +232,7 @@ impl Default for ProducerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_in_flight_messages: DEFAULT_MAX_IN_FLIGHT_MESSAGES,
             backfill_chunk_size: DEFAULT_BACKFILL_CHUNK_SIZE,
+            backfill_chunk_bytes: DEFAULT_BACKFILL_CHUNK_BYTES,
             backfill_max_rows_per_second: None,
         }
     }
@@ -528,6 +535,9 @@ fn default_max_in_flight_messages() -> usize {
 }
 fn default_backfill_chunk_size() -> u32 {
     DEFAULT_BACKFILL_CHUNK_SIZE
+}
+fn default_backfill_chunk_bytes() -> u64 {
+    DEFAULT_BACKFILL_CHUNK_BYTES
 }
 fn default_actions() -> Vec<Action> {
     vec![Action::Insert, Action::Update, Action::Delete, Action::Read]

@@ -178,6 +178,25 @@ fn a_malformed_elasticsearch_endpoint_is_rejected() {
 }
 
 #[test]
+fn backfill_chunk_bytes_outside_64_kib_to_1_gib_are_rejected() {
+    let good = parse(GOOD).unwrap();
+    assert_eq!(good.producer.backfill_chunk_bytes, 2 * 1024 * 1024);
+    assert_eq!(good.producer.backfill_chunk_size, 10_000);
+    for bytes in ["1000", "2000000000"] {
+        let p = problem_after(
+            "  topic_prefix: sluice\n",
+            &format!("  topic_prefix: sluice\nproducer:\n  backfill_chunk_bytes: {bytes}\n"),
+        );
+        assert_problem(
+            &p,
+            "producer.backfill_chunk_bytes",
+            &format!("{bytes} is out of range"),
+            "from 65536 (64 KiB) to 1073741824 (1 GiB)",
+        );
+    }
+}
+
+#[test]
 fn batch_size_zero_is_out_of_range() {
     let p = problem_after("batch_size: 500", "batch_size: 0");
     assert_problem(

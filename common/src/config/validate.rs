@@ -14,6 +14,7 @@ use super::{
 const MAX_PARTITIONS: i32 = 10_000;
 /// Largest backfill chunk: bigger chunks hold more rows in memory between watermarks.
 const MAX_BACKFILL_CHUNK_SIZE: u32 = 100_000;
+const BACKFILL_CHUNK_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
 /// Postgres truncates identifiers at 63 bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
 /// Kafka topic names are at most 249 characters.
@@ -236,6 +237,17 @@ impl Config {
                 "producer.backfill_chunk_size",
                 format!("{} is out of range", producer.backfill_chunk_size),
                 format!("set a value from 1 to {MAX_BACKFILL_CHUNK_SIZE}"),
+            ));
+        }
+        if !BACKFILL_CHUNK_BYTES.contains(&producer.backfill_chunk_bytes) {
+            p.push(Problem::new(
+                "producer.backfill_chunk_bytes",
+                format!("{} is out of range", producer.backfill_chunk_bytes),
+                format!(
+                    "set a value from {} (64 KiB) to {} (1 GiB)",
+                    BACKFILL_CHUNK_BYTES.start(),
+                    BACKFILL_CHUNK_BYTES.end()
+                ),
             ));
         }
         if producer.backfill_max_rows_per_second == Some(0) {

@@ -151,6 +151,22 @@ pub struct ChunkRow {
     pub values: Vec<Value>,
 }
 
+impl ChunkRow {
+    /// About the memory the row takes while its chunk is held: the values' bytes (their
+    /// encoded length, which is also about what the event takes in Kafka's queue) and the
+    /// structures around them.
+    pub fn memory(&self) -> usize {
+        use prost::Message;
+        std::mem::size_of::<Self>()
+            + self.key.len()
+            + self
+                .values
+                .iter()
+                .map(|value| std::mem::size_of::<Value>() + value.encoded_len())
+                .sum::<usize>()
+    }
+}
+
 /// The rows of one chunk and how to encode them.
 #[derive(Debug)]
 pub struct Chunk {

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_common::config::Config;
+use sluice_common::config::{Config, ProducerConfig};
 use sluice_common::retry::{self, Decision, Failure};
 use sluice_common::shutdown::CancellationToken;
 use sluice_common::telemetry::names;
@@ -34,7 +34,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::control::{self, Job, literal};
 use super::rows::{Shape, chunk_query, describe, parse_rows};
-use super::{Backfills, Chunk, ChunkId, Outcome, watermark};
+use super::{Backfills, Chunk, ChunkId, ChunkRow, Outcome, watermark};
 use crate::RETRY_POLICY;
 use crate::catalog::{self, PgTarget, quote_table};
 use crate::checkpoint::Checkpoint;
@@ -50,6 +50,55 @@ const WINDOWS: usize = 2;
 /// Published chunks Kafka may not have acknowledged yet when a low watermark is written: the
 /// progress it persists is at most this many chunks behind the ones being read.
 const UNACKED: usize = 2;
+
+/// Rows in a table's first chunk, before the size of its rows is known.
+const FIRST_CHUNK_ROWS: u32 = 16;
+
+/// How many rows the next chunk reads: as many as fit in `backfill_chunk_bytes` at the size of
+/// the rows of the chunk before, at most `backfill_chunk_size` (and at most the rate limit's
+/// rows per second). Rows of a few hundred bytes make chunks of thousands; rows of megabytes,
+/// chunks of a few, so a chunk's memory stays about the same whatever the table.
+#[derive(Debug)]
+struct ChunkSizer {
+    bytes: u64,
+    max_rows: u32,
+    /// Average memory of a row in the last chunk read.
+    row_bytes: Option<u64>,
+}
+
+impl ChunkSizer {
+    fn new(producer: &ProducerConfig) -> Self {
+        Self {
+            bytes: producer.backfill_chunk_bytes,
+            max_rows: match producer.backfill_max_rows_per_second {
+                Some(rate) => producer.backfill_chunk_size.min(rate),
+                None => producer.backfill_chunk_size,
+            }
+            .max(1),
+            row_bytes: None,
+        }
+    }
+
+    fn rows(&self) -> u32 {
+        match self.row_bytes {
+            None => self.max_rows.min(FIRST_CHUNK_ROWS),
+            Some(row_bytes) => {
+                let fit = self.bytes / row_bytes.max(1);
+                u32::try_from(fit)
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, self.max_rows)
+            }
+        }
+    }
+
+    fn read(&mut self, rows: &[ChunkRow]) {
+        if rows.is_empty() {
+            return;
+        }
+        let total: usize = rows.iter().map(ChunkRow::memory).sum();
+        self.row_bytes = Some((total / rows.len()) as u64);
+    }
+}
 
 /// How often the manager looks at the control table without being woken.
 const SCAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -256,11 +305,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
     if let Some(condition) = &condition {
         validate_condition(&sql, &quoted, condition).await?;
     }
-    let chunk_size = context.config.producer.backfill_chunk_size;
-    let limit = match context.config.producer.backfill_max_rows_per_second {
-        Some(rate) => chunk_size.min(rate),
-        None => chunk_size,
-    };
+    let mut sizer = ChunkSizer::new(&context.config.producer);
     let labels = [("table", state.table.clone())];
     let rows_read = metrics::counter!(names::PRODUCER_BACKFILL_ROWS_READ, &labels);
     let published = metrics::counter!(names::PRODUCER_BACKFILL_CHUNKS, "table" => state.table.clone(), "outcome" => "published");
@@ -363,6 +408,7 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             remaining.set(0.0);
             return Ok(());
         }
+        let limit = sizer.rows();
         context.limiter.acquire(limit).await;
         // Progress of acknowledged chunks goes with the next low watermark; wait only when the
         // acknowledgement pipeline is full.
@@ -413,6 +459,8 @@ async fn run(context: &Context, state: &mut JobState) -> Result<(), Error> {
             .await
             .map_err(|e| Error::postgres(format!("reading a chunk of {}", state.table), e))?;
         let (rows, last_key) = parse_rows(shape, &messages);
+        drop(messages);
+        sizer.read(&rows);
         let Some(last_key) = last_key else {
             // Nothing after the last key (its registration ends here): done once every chunk
             // before it is published.
@@ -682,12 +730,70 @@ impl Limiter {
 
 #[cfg(test)]
 mod tests {
+    use sluice_proto::v1::Value;
+    use sluice_proto::v1::value::Kind;
+
     use super::*;
 
     #[test]
     fn in_progress_transactions_are_read_from_the_snapshot_text() {
         assert_eq!(snapshot_in_progress("10:20:12,15"), [12, 15]);
         assert!(snapshot_in_progress("10:10:").is_empty());
+    }
+
+    fn sizer(chunk_size: u32, chunk_bytes: u64, rate: Option<u32>) -> ChunkSizer {
+        ChunkSizer::new(&ProducerConfig {
+            backfill_chunk_size: chunk_size,
+            backfill_chunk_bytes: chunk_bytes,
+            backfill_max_rows_per_second: rate,
+            ..ProducerConfig::default()
+        })
+    }
+
+    fn rows(n: usize, text_bytes: usize) -> Vec<ChunkRow> {
+        let value = Value::from(Kind::Text("x".repeat(text_bytes)));
+        (0..n)
+            .map(|i| ChunkRow {
+                key: format!("{i:08}").into_bytes(),
+                values: vec![Value::from(Kind::Int(1_000_000 + i as i64)), value.clone()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_hold_the_rows_that_fit_in_the_chunk_bytes() {
+        let mut sizer = sizer(10_000, 3 * 1024 * 1024, None);
+        assert_eq!(sizer.rows(), FIRST_CHUNK_ROWS);
+        // Rows of ~500 bytes: thousands per chunk, their memory about the chunk bytes.
+        sizer.read(&rows(256, 500));
+        let n = sizer.rows();
+        assert!((4_000..6_000).contains(&n), "{n}");
+        let memory: usize = rows(n as usize, 500).iter().map(ChunkRow::memory).sum();
+        assert!(
+            memory <= 3 * 1024 * 1024 && memory > 3 * 1024 * 1024 - 1024,
+            "{memory}"
+        );
+        // Rows of a megabyte: two per chunk; small rows: the row limit.
+        sizer.read(&rows(4, 1024 * 1024));
+        assert_eq!(sizer.rows(), 2);
+        sizer.read(&rows(10, 10));
+        assert_eq!(sizer.rows(), 10_000);
+        // Rows bigger than the chunk bytes: one at a time. An empty chunk changes nothing.
+        sizer.read(&rows(1, 4 * 1024 * 1024));
+        assert_eq!(sizer.rows(), 1);
+        sizer.read(&[]);
+        assert_eq!(sizer.rows(), 1);
+    }
+
+    #[test]
+    fn chunks_never_exceed_the_row_limit_or_the_rate() {
+        assert_eq!(sizer(8, 3 * 1024 * 1024, None).rows(), 8);
+        let mut capped = sizer(100, 3 * 1024 * 1024, None);
+        capped.read(&rows(FIRST_CHUNK_ROWS as usize, 10));
+        assert_eq!(capped.rows(), 100);
+        let mut limited = sizer(10_000, 3 * 1024 * 1024, Some(50));
+        limited.read(&rows(FIRST_CHUNK_ROWS as usize, 10));
+        assert_eq!(limited.rows(), 50);
     }
 
     #[tokio::test(start_paused = true)]
