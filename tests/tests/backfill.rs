@@ -281,20 +281,6 @@ async fn a_backfill_under_concurrent_writes_folds_to_exactly_the_table() {
     context.cleanup().await.unwrap();
 }
 
-/// `sluice_producer_backfill_chunks_total{outcome="published"}` of `table` in this test process.
-fn published_chunks(table: &str) -> f64 {
-    let rendered = sluice_common::telemetry::metrics_handle().unwrap().render();
-    rendered
-        .lines()
-        .filter(|l| {
-            l.starts_with("sluice_producer_backfill_chunks_total")
-                && l.contains("\"published\"")
-                && l.contains(&format!("\"{table}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Rows of about 48 KB: a chunk holds as many as fit in `backfill_chunk_bytes` (1 MiB here,
 /// about 21 of them), not `backfill_chunk_size` (10,000 by default), and every row arrives.
 #[tokio::test(flavor = "multi_thread")]
@@ -328,13 +314,13 @@ async fn a_backfill_of_wide_rows_reads_chunks_of_the_chunk_bytes() {
         .unwrap();
     let read = reads(&records);
     let keys: HashSet<&[u8]> = read.iter().map(|r| r.key.as_slice()).collect();
-    let chunks = published_chunks("public.wide_rows");
+    let published = chunks("published", Some("public.wide_rows"));
     eprintln!(
-        "{rows_done} rows read in {chunks} chunks; {} READ events",
+        "{rows_done} rows read in {published} chunks; {} READ events",
         read.len()
     );
     assert_eq!(rows_done, WIDE_ROWS);
-    assert_eq!(keys.len() as i64, WIDE_ROWS, "every row once on the topic");
+    assert_eq!(keys.len() as i64, WIDE_ROWS, "every row on the topic");
     let body_length = |record: &Record| {
         let event = record.event.as_ref()?;
         let column = event.record.iter().find(|c| c.name == "body")?;
@@ -350,8 +336,8 @@ async fn a_backfill_of_wide_rows_reads_chunks_of_the_chunk_bytes() {
     // 16 rows first (their size unknown), then about 21 a chunk: 19 or so in all; the row
     // limit alone would make 2.
     assert!(
-        (15.0..=30.0).contains(&chunks),
-        "{chunks} chunks for {WIDE_ROWS} rows of 48 KB in chunks of 1 MiB"
+        (15.0..=30.0).contains(&published),
+        "{published} chunks for {WIDE_ROWS} rows of 48 KB in chunks of 1 MiB"
     );
 
     stop.cancel();
@@ -359,13 +345,16 @@ async fn a_backfill_of_wide_rows_reads_chunks_of_the_chunk_bytes() {
     context.cleanup().await.unwrap();
 }
 
-/// `sluice_producer_backfill_chunks_total{outcome="discarded"}` of this test process.
-fn discarded_chunks() -> f64 {
+/// `sluice_producer_backfill_chunks_total{outcome="…"}` of this test process, of one table or
+/// of all of them.
+fn chunks(outcome: &str, table: Option<&str>) -> f64 {
     let rendered = sluice_common::telemetry::metrics_handle().unwrap().render();
     rendered
         .lines()
         .filter(|l| {
-            l.starts_with("sluice_producer_backfill_chunks_total") && l.contains("discarded")
+            l.starts_with("sluice_producer_backfill_chunks_total")
+                && l.contains(&format!("\"{outcome}\""))
+                && table.is_none_or(|table| l.contains(&format!("\"{table}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -385,7 +374,7 @@ async fn a_backfill_whose_stream_keeps_reconnecting_reads_discarded_chunks_again
         .backfill_chunk_size(CHUNK / 5)
         .load()
         .unwrap();
-    let discarded_before = discarded_chunks();
+    let discarded_before = chunks("discarded", None);
     let (stop, producer) = context.spawn_producer(config);
 
     let writing = Arc::new(AtomicBool::new(false));
@@ -417,7 +406,7 @@ async fn a_backfill_whose_stream_keeps_reconnecting_reads_discarded_chunks_again
 
     let records = settled_items_topic(&context).await;
     let table = items_table(&db).await;
-    let discarded = discarded_chunks() - discarded_before;
+    let discarded = chunks("discarded", None) - discarded_before;
     eprintln!(
         "{terminated} walsenders ended during the backfill; {discarded} chunks discarded; \
          {rows_done} rows done; {} READ events",

@@ -14,6 +14,7 @@ use super::{
 const MAX_PARTITIONS: i32 = 10_000;
 /// Largest backfill chunk: bigger chunks hold more rows in memory between watermarks.
 const MAX_BACKFILL_CHUNK_SIZE: u32 = 100_000;
+/// Memory of one backfill chunk: at least a few rows' worth, at most what a producer can hold.
 const BACKFILL_CHUNK_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=1024 * 1024 * 1024;
 /// Postgres truncates identifiers at 63 bytes.
 const MAX_IDENTIFIER_LEN: usize = 63;
